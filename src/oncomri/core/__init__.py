@@ -1,0 +1,31 @@
+"""Core types: units, acquisition protocols, ``Volume`` and the errors (numpy only)."""
+
+from .errors import (
+    GeometryError,
+    MissingDependencyError,
+    NoiseEstimateError,
+    OncomriError,
+    ProtocolError,
+    ReadError,
+    ValidationError,
+)
+from .protocols import MultiEchoProtocol
+from .units import TIME_UNITS, UNIT_LABELS, check_echo_times_plausible, to_seconds
+from .volume import Volume, same_grid
+
+__all__ = [
+    "OncomriError",
+    "ValidationError",
+    "ProtocolError",
+    "GeometryError",
+    "NoiseEstimateError",
+    "ReadError",
+    "MissingDependencyError",
+    "MultiEchoProtocol",
+    "Volume",
+    "same_grid",
+    "TIME_UNITS",
+    "UNIT_LABELS",
+    "to_seconds",
+    "check_echo_times_plausible",
+]
