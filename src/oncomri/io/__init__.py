@@ -1,0 +1,21 @@
+"""Readers and writers: NIfTI images with BIDS JSON sidecars.
+
+``load_multi_echo`` turns per-echo files (or one 4D file) and their sidecars
+into one :class:`~oncomri.core.Volume` with a validated
+:class:`~oncomri.core.MultiEchoProtocol` (seconds); ``write_derivatives``
+writes maps next to it as BIDS derivatives on exactly the same grid.
+"""
+
+from .bids import derivative_prefix, parse_bids_name, read_sidecar, sidecar_path
+from .nifti import load_mask, load_multi_echo, load_nifti, write_derivatives
+
+__all__ = [
+    "load_nifti",
+    "load_multi_echo",
+    "load_mask",
+    "write_derivatives",
+    "derivative_prefix",
+    "parse_bids_name",
+    "sidecar_path",
+    "read_sidecar",
+]
