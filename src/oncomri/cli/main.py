@@ -1,0 +1,241 @@
+"""``oncomri``: map, demo.
+
+Thin: parse arguments, call ``io`` to read, a Model from ``oncomri.models.MODELS``
+to fit, ``io`` to write. Errors from oncomri (bad input) become one line on
+stderr and exit status 2; nothing is written unless every map is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..core.errors import OncomriError, ProtocolError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+
+#: Runs with more voxels than this show a progress bar (on a terminal).
+PROGRESS_MIN_VOXELS = 200_000
+
+_METHOD_REFERENCES = {
+    "loglin": "log-linear least squares",
+    "wloglin": "log-linear least squares weighted by S^2",
+    "arlo": "ARLO, Pei et al., MRM 2015;73:843 (Simpson ratio inverted exactly)",
+    "nlls": "nonlinear least squares, S0 exp(-R TE), bounded Levenberg-Marquardt",
+    "nlls_offset": "nonlinear least squares, S0 exp(-R TE) + C, bounded Levenberg-Marquardt",
+    "ncexp": "noise-corrected exponential (Rician mean), Raya et al., MRM 2010;63:181; "
+             "Feng et al., MRM 2013;70:1765",
+}
+
+
+def parse_echo_times(text: str):
+    """Parse ``'4.6,9.2,13.8ms'`` (unit suffix required: s, ms or us) -> (values, unit)."""
+    m = re.fullmatch(r"\s*(.*?)\s*(ms|us|s)\s*", text or "")
+    if not m or not m.group(1):
+        raise ProtocolError(
+            f"--echo-times {text!r}: give the values with a unit, "
+            "e.g. '4.6,9.2,13.8ms' or '0.0046,0.0092,0.0138s'"
+        )
+    parts = [p for p in re.split(r"[,\s]+", m.group(1).replace(m.group(2), " ")) if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ProtocolError(
+            f"--echo-times {text!r}: not a comma-separated list of numbers"
+        ) from None
+    return values, m.group(2)
+
+
+def _noise_sigma_arg(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'auto'") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite, non-negative number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..models import MODELS
+
+    parser = argparse.ArgumentParser(
+        prog="oncomri",
+        description="Quantitative MRI biomarkers for therapy studies.",
+    )
+    parser.add_argument("--version", action="version", version=f"oncomri {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "map", help="fit a parametric map (R2*/T2*, T2) to a multi-echo series",
+        description="Fit R2*/T2* (gradient echo) or T2 (spin echo) voxelwise and write "
+                    "BIDS-derivative maps with JSON sidecars.")
+    p.add_argument("model", choices=sorted(MODELS), help="what to map")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="one 4D NIfTI, or one NIfTI per echo, with BIDS JSON sidecars")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--mask", type=Path, metavar="FILE", help="fit only inside this mask (NIfTI)")
+    p.add_argument("--method", metavar="NAME",
+                   help="fitting method (default ncexp); one of "
+                        + ", ".join(MODELS["r2star"].methods))
+    p.add_argument("--noise-sigma", type=_noise_sigma_arg, default="auto", metavar="X",
+                   help="noise sigma in signal units for noise-aware methods, or 'auto' "
+                        "(estimate from the background; default)")
+    p.add_argument("--noise-mask", type=Path, metavar="FILE",
+                   help="air region (NIfTI mask) to estimate the noise sigma from")
+    p.add_argument("--echo-times", metavar="LIST",
+                   help="echo times with a unit, e.g. '4.6,9.2,13.8ms' (overrides sidecars)")
+    p.add_argument("--drop-first-echo", action="store_true",
+                   help="t2 only: fit from the second echo (stimulated-echo contamination)")
+    p.add_argument("--prefix", help="output file prefix (default: from the input names)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_map)
+
+    d = sub.add_parser(
+        "demo", help="map a built-in phantom with every method and print bias and precision",
+        description="Generate a multi-echo phantom with known T2* (2-100 ms, Rician noise), "
+                    "map it with every method, print bias and precision per T2*.")
+    d.add_argument("--out", type=Path, default=Path("demo_output"), metavar="DIR")
+    d.add_argument("--snr", type=float, default=50.0, help="SNR at TE = 0 (default 50)")
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+class _Progress:
+    """A rich progress bar on stderr, only for long runs on a terminal."""
+
+    def __init__(self, label: str, n_voxels: int, enabled: bool):
+        self._bar = None
+        if enabled and n_voxels >= PROGRESS_MIN_VOXELS and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed:,}/{task.total:,} voxels"),
+                                 TimeRemainingColumn(), console=Console(stderr=True),
+                                 transient=True)
+            self._task = self._bar.add_task(label, total=n_voxels)
+
+    def __enter__(self):
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def __call__(self, done: int, total: int):
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total)
+
+
+def cmd_map(args) -> int:
+    from ..io import derivative_prefix, load_mask, load_multi_echo, write_derivatives
+    from ..models import MODELS
+
+    echo_times = unit = None
+    if args.echo_times is not None:
+        echo_times, unit = parse_echo_times(args.echo_times)
+    if args.drop_first_echo and args.model != "t2":
+        raise ProtocolError("--drop-first-echo applies to 'oncomri map t2' only")
+    volume = load_multi_echo(args.inputs, echo_times=echo_times, echo_time_unit=unit)
+    mask = load_mask(args.mask, like=volume) if args.mask else None
+    background = load_mask(args.noise_mask, like=volume) if args.noise_mask else None
+
+    model_class = MODELS[args.model]
+    options = {"drop_first_echo": True} if args.drop_first_echo else {}
+    model = model_class(volume.protocol, method=args.method, **options)
+    n_voxels = int(mask.sum()) if mask is not None else int(np.prod(volume.spatial_shape))
+
+    start = time.perf_counter()
+    with _Progress(f"{args.model} ({model.method})", n_voxels, not args.quiet) as progress:
+        fit = model.fit(volume.data, mask=mask, noise_sigma=args.noise_sigma,
+                        noise_background=background, progress=progress)
+    seconds = time.perf_counter() - start
+
+    if model.noise_aware:
+        sigma_source = ("given" if args.noise_sigma != "auto" else
+                        "estimated from --noise-mask" if background is not None else
+                        "estimated from the image background (first echo)")
+    common = {
+        "Software": "oncomri",
+        "SoftwareVersion": __version__,
+        "Model": args.model,
+        "Method": model.method,
+        "MethodDescription": _METHOD_REFERENCES.get(model.method, "user-supplied"),
+        "EchoTime": volume.protocol.echo_times.tolist(),
+        "EchoTimeUnits": "s",
+        "EchoesUsed": list(range(model.first_echo + 1, volume.protocol.n_echoes + 1)),
+        "RateBounds": list(model.rate_bounds),
+        "RateBoundsUnits": "1/s",
+        "Sources": [str(Path(s).resolve()) for s in volume.sources],
+        "Mask": str(args.mask.resolve()) if args.mask else None,
+        "NoiseSigma": (float(fit.noise_sigma) if np.ndim(fit.noise_sigma) == 0
+                       and fit.noise_sigma is not None else None),
+        "NoiseSigmaUnits": "a.u. (signal units)" if model.noise_aware else None,
+        "NoiseSigmaSource": sigma_source if model.noise_aware else None,
+        "Notes": list(volume.meta.get("notes", [])),
+    }
+    prefix = args.prefix or derivative_prefix(volume.sources)
+    written = write_derivatives(args.out, prefix, fit.output_maps(), reference=volume,
+                                sidecar_common=common)
+
+    counts = fit.summary()
+    fitted = sum(v for k, v in counts.items() if k in ("ok", "not_converged", "at_bound"))
+    failures = counts.get("failed", 0) + counts.get("invalid_data", 0)
+    sigma_text = (f", noise sigma {common['NoiseSigma']:.4g} ({sigma_source})"
+                  if common["NoiseSigma"] is not None else "")
+    print(f"{args.model} ({model.method}): {fitted:,} voxels fitted "
+          f"({counts.get('not_converged', 0):,} not converged, {counts.get('at_bound', 0):,} at a bound), "
+          f"{failures:,} failures, {counts.get('masked', 0):,} masked out, "
+          f"{seconds:.2f} s{sigma_text}")
+    print(f"wrote {len(written)} maps to {args.out}/{prefix}_*.nii.gz")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, snr=args.snr)
+    return EXIT_OK
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``oncomri`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except OncomriError as exc:
+        print(f"oncomri: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # file-system problems while writing
+        print(f"oncomri: error: {exc.filename or ''} {exc.strerror or exc}".strip(), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("oncomri: interrupted; no output was written unless reported above", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line, traceback on request
+        if os.environ.get("ONCOMRI_DEBUG"):
+            raise
+        print(f"oncomri: internal error: {type(exc).__name__}: {exc} "
+              "(set ONCOMRI_DEBUG=1 for the traceback and please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
