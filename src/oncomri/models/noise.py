@@ -43,15 +43,16 @@ def estimate_noise_sigma(data, *, background=None, cutoff: float = 2.5,
       that point, whose second moment is
       ``E[M^2 | M < k sigma] = 2 sigma^2 (1 - (k^2/2) e^(-k^2/2) / (1 - e^(-k^2/2)))``;
       sigma is the *lowest* fixed point of that relation. The iteration starts
-      far below any plausible sigma (at the 0.1st percentile of the non-zero
-      samples); from below, each step multiplies the estimate by about
+      far below any plausible sigma (where only the 200 smallest non-zero
+      samples lie below the cutoff); from below, each step multiplies the estimate by about
       ``k / (2 sqrt(f(k)))`` (1.35 for k = 2.5) until it settles on the
       background's sigma, before tissue values enter the window. Starting
       higher can end on a spurious fixed point inside tissue when the field
       of view holds little air. (The idea of fitting only the low part of
       the histogram follows Sijbers et al., Phys Med Biol 2007;52:1335.)
-      This needs some air in the field of view (at least a few percent of
-      the voxels); exact zeros (masked or zero-filled background) are ignored.
+      This needs some air in the field of view (a few hundred voxels), and
+      the result is checked for the shape of a truncated Rayleigh
+      distribution; exact zeros (masked or zero-filled background) are ignored.
 
     Parameters
     ----------
@@ -102,11 +103,20 @@ def estimate_noise_sigma(data, *, background=None, cutoff: float = 2.5,
         raise NoiseEstimateError(
             "cannot estimate the noise sigma: too few non-zero samples; give it explicitly"
         )
+    if np.all(samples == np.round(samples)):
+        # Integer-valued images (e.g. int16 DICOM magnitude) quantise the
+        # Rayleigh background to a few levels when sigma is a few units; spread
+        # each sample uniformly over its quantisation bin (fixed seed, so the
+        # estimate is reproducible) so the low tail is continuous again.
+        rng = np.random.default_rng(0)
+        samples = np.abs(samples + rng.uniform(-0.5, 0.5, samples.size))
     factor = _truncated_rayleigh_factor(cutoff)
-    sigma = float(np.percentile(samples, 0.1))
+    # start where the window below the cutoff holds MIN_BACKGROUND_SAMPLES samples
+    lowest = np.partition(samples, MIN_BACKGROUND_SAMPLES - 1)[MIN_BACKGROUND_SAMPLES - 1]
+    sigma = float(lowest) / cutoff
     n_below = 0
     for _ in range(max_iter):
-        below = samples[samples < cutoff * sigma]
+        below = samples[samples <= cutoff * sigma]
         n_below = below.size
         if n_below < MIN_BACKGROUND_SAMPLES:
             break
@@ -120,10 +130,14 @@ def estimate_noise_sigma(data, *, background=None, cutoff: float = 2.5,
             "cannot estimate the noise sigma: the image has too little background "
             "(air); give the noise sigma explicitly or a background mask"
         )
-    expected_fraction = 1.0 - math.exp(-0.5 * cutoff * cutoff)
-    if n_below / (samples.size * expected_fraction) < 0.02:
+    # Shape check: a truncated Rayleigh puts (1 - e^-1/2) / (1 - e^-k^2/2) of its
+    # window below sigma (41 % for k = 2.5); a window of tissue values does not.
+    expected = (1.0 - math.exp(-0.5)) / (1.0 - math.exp(-0.5 * cutoff * cutoff))
+    observed = np.count_nonzero(below <= sigma) / n_below
+    if not 0.6 * expected <= observed <= 1.4 * expected:
         raise NoiseEstimateError(
-            "cannot estimate the noise sigma: under 2 % of the samples look like "
-            "background noise; give the noise sigma explicitly or a background mask"
+            "cannot estimate the noise sigma: the darkest voxels do not look like "
+            f"background noise ({100 * observed:.0f} % of them below sigma, "
+            f"{100 * expected:.0f} % expected); give the noise sigma or a background mask"
         )
     return sigma
