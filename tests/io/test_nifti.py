@@ -275,6 +275,7 @@ def test_missing_echo_times(tmp_path):
     with pytest.raises(ProtocolError, match="EchoTime") as err:
         load_multi_echo(paths)
     assert paths[1].name in str(err.value) and "echo_time_unit" in str(err.value)
+    assert "--echo-times" in str(err.value)
     p4 = _save(tmp_path / "series.nii.gz", _decay(TE_S), sidecar={"RepetitionTime": 0.1})
     with pytest.raises(ProtocolError, match="EchoTime"):
         load_multi_echo(p4)

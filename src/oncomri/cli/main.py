@@ -152,7 +152,8 @@ def cmd_map(args) -> int:
         echo_times, unit = parse_echo_times(args.echo_times)
     if args.drop_first_echo and args.model != "t2":
         raise ProtocolError("--drop-first-echo applies to 'oncomri map t2' only")
-    volume = load_multi_echo(args.inputs, echo_times=echo_times, echo_time_unit=unit)
+    volume = load_multi_echo(args.inputs, echo_times=echo_times, echo_time_unit=unit,
+                             echo_times_label=f"--echo-times {args.echo_times!r}")
     mask = load_mask(args.mask, like=volume) if args.mask else None
     background = load_mask(args.noise_mask, like=volume) if args.noise_mask else None
 

@@ -216,15 +216,16 @@ def _grid_summary(shape, affine) -> str:
     )
 
 
-def _echo_times_from_arguments(echo_times, echo_time_unit, n_expected, what: str) -> np.ndarray:
+def _echo_times_from_arguments(echo_times, echo_time_unit, n_expected, what: str,
+                               label: str) -> np.ndarray:
     if echo_time_unit is None:
         raise ProtocolError(
-            "echo_times given without echo_time_unit; pass echo_time_unit='s', 'ms' or 'us'"
+            f"{label} given without a unit; pass echo_time_unit='s', 'ms' or 'us'"
         )
     te = np.asarray(echo_times, dtype=np.float64).reshape(-1)
     if te.size != n_expected:
         raise ProtocolError(
-            f"echo_times lists {te.size} values but {what} {n_expected} echoes; "
+            f"{label} lists {te.size} values but {what} {n_expected} echoes; "
             "pass one echo time per echo"
         )
     return to_seconds(te, echo_time_unit)
@@ -252,11 +253,13 @@ def _field_strength(sidecar: dict | None, path: Path) -> float | None:
 def _no_echo_times(path: Path) -> ProtocolError:
     return ProtocolError(
         f"{path}: no echo times found; add \"EchoTime\" (seconds) to {sidecar_path(path).name} "
-        "or pass echo_times=... with echo_time_unit='s' or 'ms'"
+        "or give the echo times with their unit (--echo-times 4.6,9.2,13.8ms; "
+        "in Python echo_times=... with echo_time_unit='ms')"
     )
 
 
-def load_multi_echo(paths, *, echo_times=None, echo_time_unit=None) -> Volume:
+def load_multi_echo(paths, *, echo_times=None, echo_time_unit=None,
+                    echo_times_label: str = "echo_times") -> Volume:
     """Read a multi-echo series into one ``(X, Y, Z, n_echoes)`` volume.
 
     Parameters
@@ -272,6 +275,8 @@ def load_multi_echo(paths, *, echo_times=None, echo_time_unit=None) -> Volume:
         ``paths`` (several files). Overrides the sidecars.
     echo_time_unit : {'s', 'ms', 'us'}, optional
         Unit of ``echo_times``; required when ``echo_times`` is given.
+    echo_times_label : str
+        How error messages name ``echo_times`` (the CLI passes its option).
 
     Returns
     -------
@@ -318,11 +323,11 @@ def load_multi_echo(paths, *, echo_times=None, echo_time_unit=None) -> Volume:
             "pass both, or neither to read echo times from the sidecars"
         )
     if len(paths) == 1:
-        return _load_single_file(paths[0], echo_times, echo_time_unit)
-    return _load_per_echo_files(paths, echo_times, echo_time_unit)
+        return _load_single_file(paths[0], echo_times, echo_time_unit, echo_times_label)
+    return _load_per_echo_files(paths, echo_times, echo_time_unit, echo_times_label)
 
 
-def _load_single_file(path: Path, echo_times, echo_time_unit) -> Volume:
+def _load_single_file(path: Path, echo_times, echo_time_unit, echo_times_label) -> Volume:
     img = _open_nifti(path)
     shape = _shape_only(tuple(int(n) for n in img.shape), path)
     sidecar = read_sidecar(path)
@@ -335,8 +340,9 @@ def _load_single_file(path: Path, echo_times, echo_time_unit) -> Volume:
         )
     n = shape[3]
     if echo_times is not None:
-        te = _echo_times_from_arguments(echo_times, echo_time_unit, n, f"{path} holds")
-        source = "echo_times"
+        te = _echo_times_from_arguments(echo_times, echo_time_unit, n, f"{path} holds",
+                                        echo_times_label)
+        source = echo_times_label
     else:
         raw = None
         key = "EchoTime"
@@ -380,7 +386,8 @@ def _series_meta(sidecar: dict | None, te: np.ndarray) -> dict:
     return meta
 
 
-def _load_per_echo_files(paths: list[Path], echo_times, echo_time_unit) -> Volume:
+def _load_per_echo_files(paths: list[Path], echo_times, echo_time_unit,
+                         echo_times_label) -> Volume:
     seen: dict[Path, Path] = {}
     for p in paths:
         _check_file(p)
@@ -394,8 +401,9 @@ def _load_per_echo_files(paths: list[Path], echo_times, echo_time_unit) -> Volum
     notes: list[str] = []
 
     if echo_times is not None:
-        te = _echo_times_from_arguments(echo_times, echo_time_unit, len(paths), "paths lists")
-        source = "echo_times"
+        te = _echo_times_from_arguments(echo_times, echo_time_unit, len(paths),
+                                        "the input files hold", echo_times_label)
+        source = echo_times_label
         for p, sc, t in zip(paths, sidecars, te):
             if sc and isinstance(sc.get("EchoTime"), (int, float)) and not isinstance(
                 sc.get("EchoTime"), bool
