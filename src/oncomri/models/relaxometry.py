@@ -44,6 +44,7 @@ from ..core.errors import ProtocolError, ValidationError
 from ..core.protocols import MultiEchoProtocol
 from ..fitting import (
     DEFAULT_CHUNK_SIZE,
+    STATUS_DESCRIPTIONS,
     Status,
     exponential_arlo,
     exponential_loglinear,
@@ -494,7 +495,7 @@ class _DecayFit(Fit):
             f"{fit}_rsquared": (self.rsquared, {"Units": "1", "Description": "coefficient of determination of the fit"}),
             f"{fit}_rmse": (self.rmse, {"Units": "a.u.", "Description": "root-mean-square residual of the fit"}),
             f"{fit}_status": (self.status, {"Units": "1", "Description": "per-voxel fit status code",
-                                            "Levels": {str(k): v for k, v in _status_levels().items()}}),
+                                            "Levels": {str(k): v for k, v in STATUS_DESCRIPTIONS.items()}}),
         }
         if self.offset is not None:
             out[f"{fit}_offset"] = (self.offset, {"Units": "a.u.", "Description": "fitted constant offset"})
@@ -504,11 +505,6 @@ class _DecayFit(Fit):
         """Counts of voxels per status, for logs and the CLI summary line."""
         codes, counts = np.unique(self.status, return_counts=True)
         return {Status(int(c)).name.lower(): int(n) for c, n in zip(codes, counts)}
-
-
-def _status_levels():
-    from ..fitting import STATUS_DESCRIPTIONS
-    return STATUS_DESCRIPTIONS
 
 
 class T2StarFit(_DecayFit):
