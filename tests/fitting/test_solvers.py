@@ -123,3 +123,40 @@ def test_fit_voxelwise_is_independent_of_chunk_size_and_respects_mask():
     np.testing.assert_array_equal(a["mean"], b["mean"])
     np.testing.assert_allclose(a["mean"][mask], data[mask].mean(axis=1) + 0.5, rtol=1e-6)
     assert np.all(np.isnan(a["mean"][~mask])) and np.all(a["status"][~mask] == Status.MASKED)
+
+
+@numba.njit
+def _line(p, x, c, f, J):
+    for j in range(x.shape[1]):
+        f[j] = p[0] + p[1] * x[0, j]
+        J[j, 0] = 1.0
+        J[j, 1] = x[0, j]
+
+
+def test_solver_of_an_importable_model_is_generated_once_in_the_cache_folder(tmp_path, monkeypatch):
+    from oncomri.fitting import compile_solver
+
+    monkeypatch.setenv("ONCOMRI_CACHE_DIR", str(tmp_path))
+    x = np.linspace(0, 1, 5)[None]
+    y = np.array([[1.0, 1.5, 2.0, 2.5, 3.0]])
+    p, _, status, _ = levenberg_marquardt(_line, y, np.zeros((1, 2)), x=x)
+    np.testing.assert_allclose(p[0], [1.0, 2.0], rtol=1e-8)
+    generated = list((tmp_path / "kernels").glob("lm_line_*.py"))
+    assert len(generated) == 1 and "import _line as model" in generated[0].read_text()
+    assert compile_solver(_line) is compile_solver(_line)
+
+
+def test_a_closure_model_is_compiled_in_memory_with_the_same_result():
+    slope = 2.0
+
+    @numba.njit
+    def closure(p, x, c, f, J):
+        for j in range(x.shape[1]):
+            f[j] = p[0] + slope * p[1] * x[0, j]
+            J[j, 0] = 1.0
+            J[j, 1] = slope * x[0, j]
+
+    x = np.linspace(0, 1, 5)[None]
+    y = np.array([[1.0, 1.5, 2.0, 2.5, 3.0]])
+    p, _, _, _ = levenberg_marquardt(closure, y, np.zeros((1, 2)), x=x)
+    np.testing.assert_allclose(p[0], [1.0, 1.0], rtol=1e-8)

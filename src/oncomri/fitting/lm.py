@@ -26,7 +26,12 @@ Status codes per voxel are those of :mod:`oncomri.fitting.status`.
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import math
+import os
+import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -43,134 +48,200 @@ _BLOCK = 64
 _MAX_PARAMS = 8
 
 
-@functools.lru_cache(maxsize=None)
-def compile_solver(model):
-    """Compile (once per process) the parallel LM kernel for a numba ``model``."""
+@numba.njit(cache=True)
+def _cost(y, w, f):
+    s = 0.0
+    for j in range(y.shape[0]):
+        r = y[j] - f[j]
+        s += w[j] * r * r
+    return s
 
-    @numba.njit(cache=False)
-    def _cost(y, w, f):
-        s = 0.0
-        for j in range(y.shape[0]):
-            r = y[j] - f[j]
-            s += w[j] * r * r
-        return s
 
-    @numba.njit(parallel=True, cache=False)
-    def solve(y, w, x, c, p0, lb, ub, max_iter, ftol, xtol,
-              out_p, out_cost, out_status, out_iter):
-        n, m = y.shape
-        k = p0.shape[1]
-        n_blocks = (n + _BLOCK - 1) // _BLOCK
-        for b in numba.prange(n_blocks):
-            f = np.empty(m)
-            J = np.empty((m, k))
-            f_t = np.empty(m)
-            J_t = np.empty((m, k))
-            A = np.empty((k, k))
-            L = np.empty((k, k))
-            g = np.empty(k)
-            d = np.empty(k)
-            p = np.empty(k)
-            p_t = np.empty(k)
-            for i in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
-                yi = y[i]
-                ci = c[i]
+# The solver is written once, below, as plain Python over a global name
+# ``model``. numba cannot cache a function that receives another compiled
+# function as an argument or closure variable, so for each model we write a
+# tiny module that imports that model under the name ``model`` and holds this
+# source, and let numba compile and cache it there (see compile_solver).
+_SOLVER_SOURCE = '''
+def solve(y, w, x, c, p0, lb, ub, max_iter, ftol, xtol,
+          out_p, out_cost, out_status, out_iter):
+    n, m = y.shape
+    k = p0.shape[1]
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    for b in numba.prange(n_blocks):
+        f = np.empty(m)
+        J = np.empty((m, k))
+        f_t = np.empty(m)
+        J_t = np.empty((m, k))
+        A = np.empty((k, k))
+        L = np.empty((k, k))
+        g = np.empty(k)
+        d = np.empty(k)
+        p = np.empty(k)
+        p_t = np.empty(k)
+        for i in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
+            yi = y[i]
+            ci = c[i]
+            for q in range(k):
+                p[q] = min(max(p0[i, q], lb[q]), ub[q])
+            model(p, x, ci, f, J)
+            cost = _cost(yi, w, f)
+            status = _NOT_CONVERGED
+            lam = 1e-3
+            it = 0
+            if not math.isfinite(cost):
+                status = _FAILED
+                it = max_iter
+            while it < max_iter:
+                it += 1
+                # normal equations A = J^T W J, g = J^T W r
                 for q in range(k):
-                    p[q] = min(max(p0[i, q], lb[q]), ub[q])
-                model(p, x, ci, f, J)
-                cost = _cost(yi, w, f)
-                status = _NOT_CONVERGED
-                lam = 1e-3
-                it = 0
-                if not math.isfinite(cost):
-                    status = _FAILED
-                    it = max_iter
-                while it < max_iter:
-                    it += 1
-                    # normal equations A = J^T W J, g = J^T W r
-                    for q in range(k):
+                    s = 0.0
+                    for j in range(m):
+                        s += w[j] * J[j, q] * (yi[j] - f[j])
+                    g[q] = s
+                    for r_ in range(q + 1):
                         s = 0.0
                         for j in range(m):
-                            s += w[j] * J[j, q] * (yi[j] - f[j])
-                        g[q] = s
+                            s += w[j] * J[j, q] * J[j, r_]
+                        A[q, r_] = s
+                        A[r_, q] = s
+                accepted = False
+                while lam < 1e16:
+                    # Cholesky of A + lam diag(A)
+                    ok = True
+                    for q in range(k):
                         for r_ in range(q + 1):
-                            s = 0.0
-                            for j in range(m):
-                                s += w[j] * J[j, q] * J[j, r_]
-                            A[q, r_] = s
-                            A[r_, q] = s
-                    accepted = False
-                    while lam < 1e16:
-                        # Cholesky of A + lam diag(A)
-                        ok = True
-                        for q in range(k):
-                            for r_ in range(q + 1):
-                                s = A[q, r_]
-                                if q == r_:
-                                    s += lam * A[q, q] + 1e-30
-                                for t in range(r_):
-                                    s -= L[q, t] * L[r_, t]
-                                if q == r_:
-                                    if s <= 0.0:
-                                        ok = False
-                                        break
-                                    L[q, q] = math.sqrt(s)
-                                else:
-                                    L[q, r_] = s / L[r_, r_]
-                            if not ok:
-                                break
+                            s = A[q, r_]
+                            if q == r_:
+                                s += lam * A[q, q] + 1e-30
+                            for t in range(r_):
+                                s -= L[q, t] * L[r_, t]
+                            if q == r_:
+                                if s <= 0.0:
+                                    ok = False
+                                    break
+                                L[q, q] = math.sqrt(s)
+                            else:
+                                L[q, r_] = s / L[r_, r_]
                         if not ok:
-                            lam *= 10.0
-                            continue
-                        for q in range(k):  # forward substitution
-                            s = g[q]
-                            for t in range(q):
-                                s -= L[q, t] * d[t]
-                            d[q] = s / L[q, q]
-                        for q in range(k - 1, -1, -1):  # back substitution
-                            s = d[q]
-                            for t in range(q + 1, k):
-                                s -= L[t, q] * d[t]
-                            d[q] = s / L[q, q]
-                        for q in range(k):
-                            p_t[q] = min(max(p[q] + d[q], lb[q]), ub[q])
-                        model(p_t, x, ci, f_t, J_t)
-                        cost_t = _cost(yi, w, f_t)
-                        if math.isfinite(cost_t) and cost_t <= cost:
-                            accepted = True
                             break
+                    if not ok:
                         lam *= 10.0
-                    if not accepted:
-                        # no step lowers the cost: a (bounded) local minimum
-                        status = _OK
+                        continue
+                    for q in range(k):  # forward substitution
+                        s = g[q]
+                        for t in range(q):
+                            s -= L[q, t] * d[t]
+                        d[q] = s / L[q, q]
+                    for q in range(k - 1, -1, -1):  # back substitution
+                        s = d[q]
+                        for t in range(q + 1, k):
+                            s -= L[t, q] * d[t]
+                        d[q] = s / L[q, q]
+                    for q in range(k):
+                        p_t[q] = min(max(p[q] + d[q], lb[q]), ub[q])
+                    model(p_t, x, ci, f_t, J_t)
+                    cost_t = _cost(yi, w, f_t)
+                    if math.isfinite(cost_t) and cost_t <= cost:
+                        accepted = True
                         break
-                    small_step = True
-                    for q in range(k):
-                        if abs(p_t[q] - p[q]) > xtol * (abs(p[q]) + xtol):
-                            small_step = False
-                    decrease = cost - cost_t
-                    for q in range(k):
-                        p[q] = p_t[q]
-                    for j in range(m):
-                        f[j] = f_t[j]
-                        for q in range(k):
-                            J[j, q] = J_t[j, q]
-                    cost = cost_t
-                    lam = max(lam * 0.1, 1e-12)
-                    if small_step or decrease <= ftol * cost:
-                        status = _OK
-                        break
-                if status == _OK:
-                    for q in range(k):
-                        if (p[q] <= lb[q] and lb[q] > -np.inf) or (p[q] >= ub[q] and ub[q] < np.inf):
-                            status = _AT_BOUND
+                    lam *= 10.0
+                if not accepted:
+                    # no step lowers the cost: a (bounded) local minimum
+                    status = _OK
+                    break
+                small_step = True
                 for q in range(k):
-                    out_p[i, q] = p[q]
-                out_cost[i] = cost
-                out_status[i] = status
-                out_iter[i] = it
+                    if abs(p_t[q] - p[q]) > xtol * (abs(p[q]) + xtol):
+                        small_step = False
+                decrease = cost - cost_t
+                for q in range(k):
+                    p[q] = p_t[q]
+                for j in range(m):
+                    f[j] = f_t[j]
+                    for q in range(k):
+                        J[j, q] = J_t[j, q]
+                cost = cost_t
+                lam = max(lam * 0.1, 1e-12)
+                if small_step or decrease <= ftol * cost:
+                    status = _OK
+                    break
+            if status == _OK:
+                for q in range(k):
+                    if (p[q] <= lb[q] and lb[q] > -np.inf) or (p[q] >= ub[q] and ub[q] < np.inf):
+                        status = _AT_BOUND
+            for q in range(k):
+                out_p[i, q] = p[q]
+            out_cost[i] = cost
+            out_status[i] = status
+            out_iter[i] = it
 
-    return solve
+'''
+
+_MODULE_TEMPLATE = '''"""Generated by oncomri.fitting.lm for {module}.{name}; do not edit."""
+import math
+
+import numba
+import numpy as np
+
+from oncomri.fitting.lm import _AT_BOUND, _BLOCK, _FAILED, _NOT_CONVERGED, _OK, _cost
+from {module} import {name} as model
+'''
+
+
+def _cache_dir() -> Path | None:
+    root = os.environ.get("ONCOMRI_CACHE_DIR")
+    if root is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "oncomri")
+    path = Path(root) / "kernels"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
+
+
+def _importable(model) -> bool:
+    module = getattr(model, "__module__", None)
+    name = getattr(model, "__name__", "")
+    return (module not in (None, "__main__") and module in sys.modules
+            and getattr(sys.modules[module], name, None) is model)
+
+
+@functools.lru_cache(maxsize=None)
+def compile_solver(model):
+    """The parallel LM kernel for a numba ``model``, compiled once and cached on disk.
+
+    For a model importable as ``module.name`` the kernel lives in a generated
+    module under ``$ONCOMRI_CACHE_DIR/kernels`` (default ``~/.cache/oncomri``),
+    where numba caches its machine code, so later processes load it in well
+    under a second instead of compiling for several seconds. Other models
+    (closures, ``__main__``) are compiled in memory for this process only.
+    """
+    folder = _cache_dir() if _importable(model) else None
+    source = _SOLVER_SOURCE
+    if folder is not None:
+        text = (_MODULE_TEMPLATE.format(module=model.__module__, name=model.__name__)
+                + source + "\n\nsolve = numba.njit(parallel=True, cache=True)(solve)\n")
+        key = hashlib.sha256((text + numba.__version__).encode()).hexdigest()[:16]
+        path = folder / f"lm_{model.__name__.strip('_')}_{key}.py"
+        if not path.exists():
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        name = f"_oncomri_kernel_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # numba's cache looks the module up by name
+        spec.loader.exec_module(module)
+        return module.solve
+    namespace = {"math": math, "numba": numba, "np": np, "model": model, "_cost": _cost,
+                 "_OK": _OK, "_NOT_CONVERGED": _NOT_CONVERGED, "_AT_BOUND": _AT_BOUND,
+                 "_FAILED": _FAILED, "_BLOCK": _BLOCK}
+    exec(compile(source, "<oncomri.fitting.lm solver>", "exec"), namespace)
+    return numba.njit(parallel=True, cache=False)(namespace["solve"])
 
 
 def levenberg_marquardt(model, y, p0, *, x, consts=None, weights=None, lower=None,
