@@ -9,7 +9,13 @@ from .errors import (
     ReadError,
     ValidationError,
 )
-from .protocols import MultiEchoProtocol
+from .protocols import (
+    DiffusionProtocol,
+    DynamicProtocol,
+    InversionRecoveryProtocol,
+    MultiEchoProtocol,
+    VariableFlipAngleProtocol,
+)
 from .units import TIME_UNITS, UNIT_LABELS, check_echo_times_plausible, to_seconds
 from .volume import Volume, same_grid
 
@@ -22,6 +28,10 @@ __all__ = [
     "ReadError",
     "MissingDependencyError",
     "MultiEchoProtocol",
+    "DiffusionProtocol",
+    "VariableFlipAngleProtocol",
+    "InversionRecoveryProtocol",
+    "DynamicProtocol",
     "Volume",
     "same_grid",
     "TIME_UNITS",

@@ -55,11 +55,11 @@ class Volume:
             raise ValidationError(
                 f"Volume data must have at least 3 spatial axes, got shape {self.data.shape}"
             )
-        n = getattr(self.protocol, "n_echoes", None)
+        n = getattr(self.protocol, "n_measurements", None)
         if n is not None and self.data.ndim == 4 and self.data.shape[-1] != n:
             raise ValidationError(
                 f"data has {self.data.shape[-1]} measurements on its last axis but the "
-                f"protocol lists {n}; pass one echo time per echo"
+                f"protocol lists {n}; give one acquisition parameter per measurement"
             )
 
     @property

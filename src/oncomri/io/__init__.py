@@ -8,8 +8,15 @@ writes maps next to it as BIDS derivatives on exactly the same grid.
 
 from .bids import derivative_prefix, parse_bids_name, read_sidecar, sidecar_path
 from .nifti import load_mask, load_multi_echo, load_nifti, write_derivatives
+from .registry import READERS, Reader, describe_series, find_reader, load, load_all
 
 __all__ = [
+    "load",
+    "load_all",
+    "find_reader",
+    "describe_series",
+    "Reader",
+    "READERS",
     "load_nifti",
     "load_multi_echo",
     "load_mask",

@@ -30,6 +30,7 @@ from ..core.volume import Volume, same_grid
 from .bids import _one_line, read_sidecar, sidecar_path
 
 __all__ = [
+    "read_series",
     "load_nifti",
     "load_multi_echo",
     "load_mask",
@@ -816,3 +817,16 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_series(path, **options) -> list[Volume]:
+    """Registry entry point (see :mod:`oncomri.io.registry`): one NIfTI file.
+
+    A 4D file whose sidecar lists echo times becomes a multi-echo series;
+    anything else is returned as read by :func:`load_nifti`.
+    """
+    path = Path(path)
+    sidecar = read_sidecar(path)
+    if sidecar and isinstance(sidecar.get("EchoTime"), list):
+        return [load_multi_echo(path, **options)]
+    return [load_nifti(path)]
