@@ -6,7 +6,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean system-deps
+
+# System tools the tests run for real: dcm2niix (cross-check of the DICOM
+# reader) and dciodvfy from dicom3tools (validation of DICOM we write).
+SYSTEM_TOOLS := dcm2niix dciodvfy
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages for:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dcm2niix dicom3tools >/dev/null; \
+	fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +28,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/oncomri demo --out demo_output
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/python bench/bench_relaxometry.py
+	$(BIN)/python bench/bench_io.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "BIDS-derivative maps with JSON sidecars.")
     p.add_argument("model", choices=sorted(MODELS), help="what to map")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="one 4D NIfTI, or one NIfTI per echo, with BIDS JSON sidecars")
+                   help="NIfTI file(s) with BIDS sidecars (one 4D file or one per echo), "
+                        "or one DICOM folder, Bruker ParaVision scan or Philips PAR file")
+    p.add_argument("--series", metavar="N",
+                   help="which series, when INPUT holds several (SeriesNumber or description)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     p.add_argument("--mask", type=Path, metavar="FILE", help="fit only inside this mask (NIfTI)")
     p.add_argument("--method", metavar="NAME",
@@ -100,9 +103,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="echo times with a unit, e.g. '4.6,9.2,13.8ms' (overrides sidecars)")
     p.add_argument("--drop-first-echo", action="store_true",
                    help="t2 only: fit from the second echo (stimulated-echo contamination)")
-    p.add_argument("--prefix", help="output file prefix (default: from the input names)")
+    p.add_argument("--prefix", help="output file prefix (default: from the input names "
+                                    "or the series description and number)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_map)
+
+    c = sub.add_parser(
+        "convert", help="write scanner data (DICOM, Bruker, PAR/REC, NIfTI) as BIDS NIfTI + JSON",
+        description="Read every series at INPUT (or the one chosen with --series) and write each "
+                    "as a BIDS run: NIfTI + JSON sidecar in SI/BIDS units.")
+    c.add_argument("input", metavar="INPUT", help="DICOM folder, Bruker study/scan, PAR file, NIfTI")
+    c.add_argument("--out", required=True, type=Path, metavar="DIR", help="BIDS dataset root")
+    c.add_argument("--series", metavar="N", help="convert only this series (SeriesNumber or description)")
+    c.add_argument("--subject", default=None, metavar="LABEL",
+                   help="BIDS subject label (default 01, or a pseudonym with --deidentify)")
+    c.add_argument("--session", metavar="LABEL", help="BIDS session label, e.g. baseline or 24h")
+    c.add_argument("--deidentify", action="store_true",
+                   help="remove and pseudonymise PHI (DICOM PS3.15 Basic Profile, dates shifted "
+                        "per subject)")
+    c.add_argument("--deid-secret", type=Path, metavar="FILE",
+                   help="secret that makes pseudonyms reproducible (default: created once in "
+                        "~/.config/oncomri/deid-secret)")
+    c.set_defaults(func=cmd_convert)
 
     d = sub.add_parser(
         "demo", help="map a built-in phantom with every method and print bias and precision",
@@ -144,16 +166,13 @@ class _Progress:
 
 
 def cmd_map(args) -> int:
-    from ..io import derivative_prefix, load_mask, load_multi_echo, write_derivatives
+    from ..io import derivative_prefix, load_mask, write_derivatives
+    from ..io.bids import series_prefix
     from ..models import MODELS
 
-    echo_times = unit = None
-    if args.echo_times is not None:
-        echo_times, unit = parse_echo_times(args.echo_times)
     if args.drop_first_echo and args.model != "t2":
         raise ProtocolError("--drop-first-echo applies to 'oncomri map t2' only")
-    volume = load_multi_echo(args.inputs, echo_times=echo_times, echo_time_unit=unit,
-                             echo_times_label=f"--echo-times {args.echo_times!r}")
+    volume = _load_multi_echo_input(args)
     mask = load_mask(args.mask, like=volume) if args.mask else None
     background = load_mask(args.noise_mask, like=volume) if args.noise_mask else None
 
@@ -191,7 +210,9 @@ def cmd_map(args) -> int:
         "NoiseSigmaSource": sigma_source if model.noise_aware else None,
         "Notes": list(volume.meta.get("notes", [])),
     }
-    prefix = args.prefix or derivative_prefix(volume.sources)
+    from_nifti = all(_is_nifti_name(p) for p in args.inputs)
+    prefix = args.prefix or (derivative_prefix(volume.sources) if from_nifti
+                             else series_prefix(volume))
     written = write_derivatives(args.out, prefix, fit.output_maps(), reference=volume,
                                 sidecar_common=common)
 
@@ -206,6 +227,89 @@ def cmd_map(args) -> int:
           f"{seconds:.2f} s{sigma_text}")
     print(f"wrote {len(written)} maps to {args.out}/{prefix}_*.nii.gz")
     return EXIT_OK
+
+
+def _is_nifti_name(path) -> bool:
+    return str(path).endswith((".nii", ".nii.gz"))
+
+
+def _load_multi_echo_input(args):
+    """The multi-echo series named on the command line (NIfTI files, or any registry format)."""
+    from ..core import MultiEchoProtocol, ValidationError
+    from ..io import describe_series, load, load_multi_echo
+
+    echo_times = unit = None
+    label = f"--echo-times {args.echo_times!r}"
+    if args.echo_times is not None:
+        echo_times, unit = parse_echo_times(args.echo_times)
+    if all(_is_nifti_name(p) for p in args.inputs):
+        return load_multi_echo(args.inputs, echo_times=echo_times, echo_time_unit=unit,
+                               echo_times_label=label)
+    if len(args.inputs) != 1:
+        raise ValidationError(
+            "give one DICOM folder, Bruker scan or PAR file, or NIfTI files (one per echo); "
+            f"got {len(args.inputs)} inputs of other kinds")
+    volume = load(args.inputs[0], series=args.series)
+    if echo_times is not None:
+        from ..core.units import to_seconds
+        volume.protocol = MultiEchoProtocol(to_seconds(echo_times, unit), source=label)
+        if volume.data.ndim != 4 or volume.data.shape[-1] != volume.protocol.n_echoes:
+            raise ProtocolError(f"{label} lists {volume.protocol.n_echoes} echoes but series "
+                                f"{describe_series(volume)} has "
+                                f"{volume.data.shape[-1] if volume.data.ndim == 4 else 1}")
+    if not isinstance(volume.protocol, MultiEchoProtocol):
+        what = type(volume.protocol).__name__ if volume.protocol is not None else "a single image"
+        raise ProtocolError(
+            f"{args.inputs[0]}: series {describe_series(volume)} is not a multi-echo series "
+            f"({what}); choose a multi-echo series with --series or give --echo-times")
+    return volume
+
+
+def cmd_convert(args) -> int:
+    from ..io import describe_series, load, load_all, write_bids_series
+
+    volumes = [load(args.input, series=args.series)] if args.series else load_all(args.input)
+    deidentifier = None
+    subject = args.subject or "01"
+    if args.deidentify:
+        from ..io.deid import Deidentifier
+
+        deidentifier = Deidentifier(_deid_secret(args.deid_secret))
+        if args.subject is None:
+            patient = volumes[0].meta.get("PatientID") or volumes[0].meta.get("PatientName") or ""
+            subject = deidentifier.pseudonym(str(patient)).replace("sub-", "")
+    written = []
+    for volume in volumes:
+        files = write_bids_series(args.out, volume, subject=subject, session=args.session,
+                                  deidentifier=deidentifier)
+        written.extend(files)
+        shape = "x".join(map(str, volume.data.shape))
+        print(f"series {describe_series(volume)}: {shape} -> {files[0].parent}/"
+              f"{files[0].name if len(files) == 1 else f'{len(files)} files'}")
+    note = " (de-identified, PS3.15 Basic Profile)" if deidentifier else ""
+    print(f"wrote {len(written)} NIfTI files for {len(volumes)} series to {args.out}{note}")
+    return EXIT_OK
+
+
+def _deid_secret(path):
+    """The de-identification secret: from FILE, or one created once per user."""
+    import secrets
+
+    if path is None:
+        path = Path.home() / ".config" / "oncomri" / "deid-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(32) + "\n")
+            path.chmod(0o600)
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        from ..core import ReadError
+        raise ReadError(f"{path}: cannot read the de-identification secret ({exc.strerror})") from None
+    if len(text) < 16:
+        from ..core import ValidationError
+        raise ValidationError(f"{path}: the de-identification secret is shorter than 16 characters")
+    return text
 
 
 def cmd_demo(args) -> int:

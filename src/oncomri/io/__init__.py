@@ -8,9 +8,12 @@ writes maps next to it as BIDS derivatives on exactly the same grid.
 
 from .bids import derivative_prefix, parse_bids_name, read_sidecar, sidecar_path
 from .nifti import load_mask, load_multi_echo, load_nifti, write_derivatives
+from .convert import sidecar_from_meta, write_bids_series
 from .registry import READERS, Reader, describe_series, find_reader, load, load_all
 
 __all__ = [
+    "write_bids_series",
+    "sidecar_from_meta",
     "load",
     "load_all",
     "find_reader",

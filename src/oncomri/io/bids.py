@@ -23,9 +23,13 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from ..core.errors import ReadError
 
 __all__ = [
+    "series_prefix",
+    "bids_layout",
     "NIFTI_EXTENSIONS",
     "split_nifti_name",
     "sidecar_path",
@@ -227,3 +231,59 @@ def _one_line(exc: BaseException) -> str:
     """An exception as ``Type: message`` on one line."""
     msg = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _label(text) -> str:
+    """A BIDS label: letters and digits only (camel-cased words)."""
+    words = re.split(r"[^A-Za-z0-9]+", str(text or ""))
+    return "".join(w[:1].upper() + w[1:] if i else w for i, w in enumerate(words) if w)
+
+
+def series_prefix(volume) -> str:
+    """Output prefix for a series read from DICOM, Bruker or PAR/REC: ``acq-<desc>_run-<n>``.
+
+    Built from SeriesDescription/ProtocolName and SeriesNumber only (never
+    from patient fields); ``'series'`` if the volume carries neither.
+    """
+    parts = []
+    desc = _label(volume.meta.get("SeriesDescription") or volume.meta.get("ProtocolName"))
+    if desc:
+        parts.append(f"acq-{desc}")
+    number = volume.meta.get("SeriesNumber")
+    try:
+        parts.append(f"run-{int(number)}")
+    except (TypeError, ValueError):
+        pass
+    return "_".join(parts) or "series"
+
+
+def bids_layout(volume) -> tuple[str, str | None]:
+    """(BIDS suffix, per-measurement entity or None) for a series by what its last axis holds.
+
+    Multi-echo gradient echo -> ('MEGRE', 'echo'); multi-echo spin echo ->
+    ('MESE', 'echo'); variable flip angle -> ('VFA', 'flip'); inversion
+    recovery -> ('IRT1', 'inv'); diffusion -> ('dwi', None, with .bval/.bvec);
+    a dynamic series -> ('dynamic', None); a 3D image -> its description.
+    """
+    from ..core import (
+        DiffusionProtocol,
+        DynamicProtocol,
+        InversionRecoveryProtocol,
+        MultiEchoProtocol,
+        VariableFlipAngleProtocol,
+    )
+
+    p = volume.protocol
+    if isinstance(p, MultiEchoProtocol):
+        seq = " ".join(map(str, np.atleast_1d(volume.meta.get("ScanningSequence", "")))).upper()
+        spin_echo = "SE" in seq.split() or "SE" in seq.replace("\\", " ").split()
+        return ("MESE" if spin_echo and "GR" not in seq else "MEGRE"), "echo"
+    if isinstance(p, VariableFlipAngleProtocol):
+        return "VFA", "flip"
+    if isinstance(p, InversionRecoveryProtocol):
+        return "IRT1", "inv"
+    if isinstance(p, DiffusionProtocol):
+        return "dwi", None
+    if isinstance(p, DynamicProtocol):
+        return "dynamic", None
+    return (_label(volume.meta.get("SeriesDescription")) or "image"), None

@@ -641,7 +641,8 @@ def _write_new(path: Path, payload: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def write_derivatives(out_dir, prefix, maps, *, reference, sidecar_common=None) -> list[Path]:
+def write_derivatives(out_dir, prefix, maps, *, reference, sidecar_common=None,
+                      text_files=None) -> list[Path]:
     """Write parameter maps as BIDS derivatives, all or nothing.
 
     Parameters
@@ -669,6 +670,9 @@ def write_derivatives(out_dir, prefix, maps, *, reference, sidecar_common=None) 
     sidecar_common : dict, optional
         Entries for every sidecar (software, method, inputs ...); a map's own
         sidecar entries take precedence.
+    text_files : dict, optional
+        ``{name: text}`` written as ``<prefix>_<name>`` in the same
+        all-or-nothing commit (e.g. ``{'dwi.bval': '0 1000\\n'}``).
 
     Returns
     -------
@@ -734,7 +738,15 @@ def write_derivatives(out_dir, prefix, maps, *, reference, sidecar_common=None) 
         name = f"{prefix}_{key}.nii.gz"
         jobs.append((key, arr, dtype, side or {}, out / name, out / f"{prefix}_{key}.json"))
 
-    finals = [p for job in jobs for p in job[4:6]]
+    texts = []
+    for name, text in (text_files or {}).items():
+        stem = name.split(".", 1)[0]
+        if not isinstance(name, str) or not _valid_name(stem) or "/" in name or not isinstance(text, str):
+            raise ValidationError(f"text_files key {name!r} must be a BIDS name part with an extension, "
+                                  "e.g. 'dwi.bval', and its value a str")
+        texts.append((out / f"{prefix}_{name}", text.encode("utf-8")))
+
+    finals = [p for job in jobs for p in job[4:6]] + [p for p, _ in texts]
     for p in finals:
         if p.exists() and not p.is_file():
             raise ValidationError(f"{p}: exists and is not a file; move it away or pick another prefix")
@@ -752,6 +764,10 @@ def write_derivatives(out_dir, prefix, maps, *, reference, sidecar_common=None) 
                 tmp = out / f".tmp-{token}-{final.name}"
                 temps[final] = tmp
                 _write_new(tmp, data)
+        for final, data in texts:
+            tmp = out / f".tmp-{token}-{final.name}"
+            temps[final] = tmp
+            _write_new(tmp, data)
         _commit(temps)
     except BaseException:
         for tmp in temps.values():
