@@ -269,19 +269,26 @@ def cmd_convert(args) -> int:
     from ..io import describe_series, load, load_all, write_bids_series
 
     volumes = [load(args.input, series=args.series)] if args.series else load_all(args.input)
-    deidentifier = None
+    deidentifier = identity = None
     subject = args.subject or "01"
     if args.deidentify:
+        from ..core import ValidationError
         from ..io.deid import Deidentifier
 
         deidentifier = Deidentifier(_deid_secret(args.deid_secret))
+        identity = str(volumes[0].meta.get("PatientID") or volumes[0].meta.get("PatientName") or "")
+        if not identity:
+            if args.subject is None:
+                raise ValidationError(
+                    f"{args.input}: the data carries no PatientID or PatientName to derive a "
+                    "pseudonym from; give --subject LABEL")
+            identity = args.subject
         if args.subject is None:
-            patient = volumes[0].meta.get("PatientID") or volumes[0].meta.get("PatientName") or ""
-            subject = deidentifier.pseudonym(str(patient)).replace("sub-", "")
+            subject = deidentifier.pseudonym(identity).replace("sub-", "")
     written = []
     for volume in volumes:
         files = write_bids_series(args.out, volume, subject=subject, session=args.session,
-                                  deidentifier=deidentifier)
+                                  deidentifier=deidentifier, deidentify_as=identity)
         written.extend(files)
         shape = "x".join(map(str, volume.data.shape))
         print(f"series {describe_series(volume)}: {shape} -> {files[0].parent}/"

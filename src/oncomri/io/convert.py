@@ -59,7 +59,8 @@ def sidecar_from_meta(meta: dict) -> dict:
 
 
 def write_bids_series(out_dir, volume: Volume, *, subject: str = "01", session: str | None = None,
-                      run: int | None = None, deidentifier=None) -> list[Path]:
+                      run: int | None = None, deidentifier=None,
+                      deidentify_as: str | None = None) -> list[Path]:
     """Write ``volume`` under ``out_dir/sub-<subject>[/ses-<session>]/<datatype>/``.
 
     Parameters
@@ -72,8 +73,14 @@ def write_bids_series(out_dir, volume: Volume, *, subject: str = "01", session: 
         BIDS labels (letters and digits).
     run : int, optional
         Run index (default: the series' SeriesNumber, if any).
-    deidentifier : object, optional
-        With ``deidentify_metadata(meta) -> meta``: applied to the sidecar.
+    deidentifier : oncomri.io.deid.Deidentifier, optional
+        Applied to the sidecar (PS3.15 Basic Profile); the NIfTI header is
+        then rebuilt from the affine alone (no description or file fields
+        carried over) and reader notes, which may hold paths, are dropped.
+    deidentify_as : str, optional
+        The original subject identifier (PatientID) that keys the
+        pseudonym and the date shift, so dates shift consistently across
+        sessions; defaults to the series' PatientID.
 
     Returns
     -------
@@ -99,8 +106,11 @@ def write_bids_series(out_dir, volume: Volume, *, subject: str = "01", session: 
     folder = Path(out_dir) / f"sub-{subject}" / (f"ses-{session}" if session else "") / datatype
 
     meta = dict(volume.meta)
+    reference = volume
     if deidentifier is not None:
-        meta = deidentifier.deidentify_metadata(meta)
+        meta.pop("notes", None)
+        meta = deidentifier.deidentify_metadata(meta, subject_id=deidentify_as)
+        reference = Volume(volume.data, volume.affine, protocol=volume.protocol)
     common = sidecar_from_meta(meta)
     common.update({"ConversionSoftware": "oncomri", "ConversionSoftwareVersion": __version__})
     for key in ("EchoTime", "FlipAngle", "InversionTime", "EchoNumber"):
@@ -130,5 +140,5 @@ def write_bids_series(out_dir, volume: Volume, *, subject: str = "01", session: 
             texts[f"{suffix}.bvec"] = "\n".join(" ".join(f"{v:.6f}" for v in row)
                                                 for row in vec.T) + "\n"
         maps[suffix] = (data, side)
-    return write_derivatives(folder, prefix, maps, reference=volume, sidecar_common=common,
+    return write_derivatives(folder, prefix, maps, reference=reference, sidecar_common=common,
                              text_files=texts)
