@@ -8,10 +8,20 @@ writes maps next to it as BIDS derivatives on exactly the same grid.
 
 from .bids import derivative_prefix, parse_bids_name, read_sidecar, sidecar_path
 from .nifti import load_mask, load_multi_echo, load_nifti, write_derivatives
+from .dicom_export import (
+    SegmentLabel,
+    write_measurement_report,
+    write_parametric_map,
+    write_segmentation,
+)
 from .convert import sidecar_from_meta, write_bids_series
 from .registry import READERS, Reader, describe_series, find_reader, load, load_all
 
 __all__ = [
+    "write_parametric_map",
+    "write_segmentation",
+    "write_measurement_report",
+    "SegmentLabel",
     "write_bids_series",
     "sidecar_from_meta",
     "load",

@@ -33,15 +33,20 @@ from .nifti import write_derivatives
 __all__ = ["write_bids_series", "sidecar_from_meta"]
 
 #: Volume.meta keys that are reader internals, not sidecar fields.
-INTERNAL_KEYS = frozenset({"nifti_header", "notes", "SOPInstanceUIDs", "source_files",
-                           "source_datasets"})
+INTERNAL_KEYS = frozenset({"nifti_header", "notes", "SOPInstanceUIDs", "ReferencedFrameNumbers",
+                           "source_files", "source_datasets"})
+
+#: Patient identifiers the readers keep in meta (for DICOM export) but that
+#: never go into a sidecar, de-identified or not (as dcm2niix's default -ba y).
+PATIENT_KEYS = frozenset({"PatientID", "PatientName", "PatientBirthDate", "PatientAddress",
+                          "OtherPatientIDs", "OtherPatientNames", "AccessionNumber"})
 
 
 def sidecar_from_meta(meta: dict) -> dict:
     """The JSON-able BIDS fields of a Volume's ``meta`` (reader internals dropped)."""
     out = {}
     for key, value in meta.items():
-        if key in INTERNAL_KEYS or key.startswith("_"):
+        if key in INTERNAL_KEYS or key in PATIENT_KEYS or key.startswith("_"):
             continue
         if isinstance(value, np.ndarray):
             value = value.tolist()
