@@ -100,3 +100,24 @@ def test_convert_cli_on_real_per_echo_files(tmp_path, shared_data, capsys):
     written = list((tmp_path / "sub-vol01" / "anat").glob("*.nii.gz"))
     assert len(written) == 1 and "wrote 1 NIfTI files for 1 series" in out
     assert np.array_equal(nib.load(written[0]).affine, nib.load(src).affine)
+
+
+def test_load_picks_a_split_series_by_number_and_position(tmp_path):
+    """A DICOM series whose magnitude and phase images split into two volumes."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from dicom_factory import write_classic_series
+
+    from oncomri.io import load
+
+    data = np.random.default_rng(1).uniform(10, 100, (6, 5, 3)).astype(np.float32)
+    write_classic_series(tmp_path, data, AFFINE, series_number=5, prefix="M",
+                         image_type=("ORIGINAL", "PRIMARY", "M", "ND"))
+    write_classic_series(tmp_path, data * 0.5, AFFINE, series_number=5, prefix="P",
+                         series_uid=None, image_type=("ORIGINAL", "PRIMARY", "P", "ND"))
+    with pytest.raises(ValidationError, match=r"5/1 .*5/2"):
+        load(tmp_path, series=5)
+    first, second = load(tmp_path, series="5/1"), load(tmp_path, series="5/2")
+    assert {float(first.data.max()), float(second.data.max())} != {float(first.data.max())}

@@ -122,15 +122,34 @@ def load_all(path, **options) -> list[Volume]:
     return volumes
 
 
-def describe_series(volume: Volume) -> str:
+def _series_keys(volumes: list[Volume]) -> list[str]:
+    """A selector per volume: its SeriesNumber, or ``N/k`` when a series was split.
+
+    Readers split one series into several volumes when its images differ in
+    orientation or image type (magnitude/phase ...); those share the number
+    and are told apart by their position ``k`` (1-based) in reading order.
+    """
+    numbers = [str(v.meta.get("SeriesNumber", "?")) for v in volumes]
+    keys, seen = [], {}
+    for n in numbers:
+        seen[n] = seen.get(n, 0) + 1
+        keys.append(f"{n}/{seen[n]}" if numbers.count(n) > 1 else n)
+    return keys
+
+
+def describe_series(volume: Volume, key: str | None = None) -> str:
     """A short label of a series for messages: ``'5 (mge_te_12)'``."""
-    number = volume.meta.get("SeriesNumber", "?")
+    number = key or volume.meta.get("SeriesNumber", "?")
     text = volume.meta.get("SeriesDescription") or volume.meta.get("ProtocolName") or ""
     return f"{number} ({text})" if text else f"{number}"
 
 
 def load(path, *, series=None, **options) -> Volume:
-    """The one series at ``path``; ``series`` picks it (SeriesNumber or description) if several.
+    """The one series at ``path``; ``series`` picks it if there are several.
+
+    ``series`` is a SeriesNumber, ``N/k`` for the k-th volume of a series
+    that was split (see :func:`describe_series` listings), a
+    SeriesDescription or a SeriesInstanceUID.
 
     Raises
     ------
@@ -138,19 +157,20 @@ def load(path, *, series=None, **options) -> Volume:
         The path holds several series and ``series`` does not pick exactly one.
     """
     volumes = load_all(path, **options)
+    keys = _series_keys(volumes)
+    listing = ", ".join(describe_series(v, k) for v, k in zip(volumes, keys))
     if series is None:
         if len(volumes) == 1:
             return volumes[0]
-        listing = ", ".join(describe_series(v) for v in volumes)
         raise ValidationError(
             f"{path}: holds {len(volumes)} series ({listing}); choose one with "
             "series=NUMBER (CLI: --series NUMBER)")
-    chosen = [v for v in volumes
-              if str(v.meta.get("SeriesNumber")) == str(series)
+    chosen = [v for v, k in zip(volumes, keys)
+              if k == str(series)
+              or (str(v.meta.get("SeriesNumber")) == str(series) and "/" not in k)
               or v.meta.get("SeriesDescription") == series
               or v.meta.get("SeriesInstanceUID") == series]
     if len(chosen) != 1:
-        listing = ", ".join(describe_series(v) for v in volumes)
         raise ValidationError(
             f"{path}: series {series!r} matches {len(chosen)} of the series here ({listing}); "
             "give a SeriesNumber from this list")
