@@ -2,6 +2,7 @@
 de-identification, and one clear line for each kind of bad scanner input."""
 
 import gzip
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -156,3 +157,36 @@ def test_bad_scanner_input_gives_one_line_and_writes_nothing(tmp_path, phantom, 
     line = _one_error_line(capsys)
     assert words.lower() in line.lower(), line
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_map_writes_dicom_parametric_maps_that_validate(tmp_path, phantom, capsys):
+    import subprocess
+
+    import highdicom as hd
+    import pydicom
+
+    files = _series(tmp_path / "dicom", phantom)
+    out = tmp_path / "out"
+    assert main(["map", "r2star", str(tmp_path / "dicom"), "--out", str(out), "--dicom",
+                 "--noise-sigma", str(phantom.sigma), "--quiet"]) == 0
+    pm_path = out / "dicom" / "acq-syntheticMr_run-1_R2starmap.dcm"
+    report = subprocess.run(["dciodvfy", str(pm_path)], capture_output=True, text=True)
+    assert "Error" not in report.stdout + report.stderr
+    pm = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(pm_path))
+    source_uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+    referenced = {item.ReferencedSOPInstanceUID
+                  for frame in pm.PerFrameFunctionalGroupsSequence
+                  for derivation in frame.DerivationImageSequence
+                  for item in derivation.SourceImageSequence}
+    assert referenced <= source_uids and referenced
+    nifti = nib.load(out / "acq-syntheticMr_run-1_R2starmap.nii.gz").get_fdata()
+    assert np.nanmedian(nifti) > 0 and pm.NumberOfFrames == phantom.data.shape[2]
+
+
+def test_map_dicom_output_needs_dicom_input(tmp_path, capsys):
+    ph = relaxometry_phantom(shape=(8, 11, 1), snr=50)
+    img = tmp_path / "me.nii.gz"
+    nib.save(nib.Nifti1Image(ph.data, ph.affine), img)
+    img.with_name("me.json").write_text(json.dumps({"EchoTime": ph.protocol.echo_times.tolist()}))
+    assert main(["map", "r2star", str(img), "--out", str(tmp_path / "o"), "--dicom"]) == 2
+    assert "--dicom needs a classic DICOM series" in _one_error_line(capsys)

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="t2 only: fit from the second echo (stimulated-echo contamination)")
     p.add_argument("--prefix", help="output file prefix (default: from the input names "
                                     "or the series description and number)")
+    p.add_argument("--dicom", action="store_true",
+                   help="also write the rate and time maps as DICOM Parametric Maps that "
+                        "reference the source series (DICOM input only), in DIR/dicom/")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_map)
 
@@ -166,6 +169,7 @@ class _Progress:
 
 
 def cmd_map(args) -> int:
+    from ..core import ValidationError
     from ..io import derivative_prefix, load_mask, write_derivatives
     from ..io.bids import series_prefix
     from ..models import MODELS
@@ -176,6 +180,9 @@ def cmd_map(args) -> int:
     mask = load_mask(args.mask, like=volume) if args.mask else None
     background = load_mask(args.noise_mask, like=volume) if args.noise_mask else None
 
+    if args.dicom and not volume.meta.get("SOPInstanceUIDs"):
+        raise ValidationError("--dicom needs a classic DICOM series as input (the Parametric "
+                              "Maps must reference their source images)")
     model_class = MODELS[args.model]
     options = {"drop_first_echo": True} if args.drop_first_echo else {}
     model = model_class(volume.protocol, method=args.method, **options)
@@ -213,8 +220,9 @@ def cmd_map(args) -> int:
     from_nifti = all(_is_nifti_name(p) for p in args.inputs)
     prefix = args.prefix or (derivative_prefix(volume.sources) if from_nifti
                              else series_prefix(volume))
-    written = write_derivatives(args.out, prefix, fit.output_maps(), reference=volume,
-                                sidecar_common=common)
+    maps = fit.output_maps()
+    dicom_written = _write_parametric_maps(args.out / "dicom", prefix, maps, volume) if args.dicom else []
+    written = write_derivatives(args.out, prefix, maps, reference=volume, sidecar_common=common)
 
     counts = fit.summary()
     fitted = sum(v for k, v in counts.items() if k in ("ok", "not_converged", "at_bound"))
@@ -226,7 +234,31 @@ def cmd_map(args) -> int:
           f"{failures:,} failures, {counts.get('masked', 0):,} masked out, "
           f"{seconds:.2f} s{sigma_text}")
     print(f"wrote {len(written)} maps to {args.out}/{prefix}_*.nii.gz")
+    if dicom_written:
+        print(f"wrote {len(dicom_written)} DICOM Parametric Maps to {dicom_written[0].parent}")
     return EXIT_OK
+
+
+#: Map suffix -> (DICOM quantity, UCUM unit) for Parametric Map export.
+_DICOM_QUANTITIES = {"R2starmap": ("R2*", "/s"), "T2starmap": ("T2*", "s"),
+                     "R2map": ("R2", "/s"), "T2map": ("T2", "s")}
+
+
+def _write_parametric_maps(folder, prefix, maps, volume):
+    from ..io import write_parametric_map
+
+    written = []
+    for number, (suffix, (quantity, unit)) in enumerate(_DICOM_QUANTITIES.items(), start=1):
+        if suffix not in maps:
+            continue
+        values = maps[suffix][0]
+        path = folder / f"{prefix}_{suffix}.dcm"
+        base = int(volume.meta.get("SeriesNumber") or 0)
+        written.append(write_parametric_map(
+            path, values, source_datasets=list(volume.sources), quantity=quantity, unit=unit,
+            affine=volume.affine, series_number=1000 + 10 * base + number,
+            series_description=f"oncomri {quantity} map"))
+    return written
 
 
 def _is_nifti_name(path) -> bool:
