@@ -160,3 +160,23 @@ def test_a_closure_model_is_compiled_in_memory_with_the_same_result():
     y = np.array([[1.0, 1.5, 2.0, 2.5, 3.0]])
     p, _, _, _ = levenberg_marquardt(closure, y, np.zeros((1, 2)), x=x)
     np.testing.assert_allclose(p[0], [1.0, 1.0], rtol=1e-8)
+
+
+def test_solver_cache_key_changes_with_the_models_source(tmp_path, monkeypatch):
+    """numba does not track callees in other files: the generated module's key must."""
+    from oncomri.fitting import lm
+
+    monkeypatch.setattr(lm, "_model_fingerprint", lambda model: "edited")
+    monkeypatch.setenv("ONCOMRI_CACHE_DIR", str(tmp_path))
+    lm.compile_solver.cache_clear()
+    try:
+        x = np.linspace(0, 1, 5)[None]
+        levenberg_marquardt(_line, np.array([[1.0, 1.5, 2.0, 2.5, 3.0]]), np.zeros((1, 2)), x=x)
+        edited = {p.name for p in (tmp_path / "kernels").glob("lm_line_*.py")}
+        monkeypatch.setattr(lm, "_model_fingerprint", lambda model: "original")
+        lm.compile_solver.cache_clear()
+        levenberg_marquardt(_line, np.array([[1.0, 1.5, 2.0, 2.5, 3.0]]), np.zeros((1, 2)), x=x)
+        both = {p.name for p in (tmp_path / "kernels").glob("lm_line_*.py")}
+        assert len(edited) == 1 and len(both) == 2
+    finally:
+        lm.compile_solver.cache_clear()

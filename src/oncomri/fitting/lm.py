@@ -203,6 +203,26 @@ def _cache_dir() -> Path | None:
     return path if os.access(path, os.W_OK) else None
 
 
+@functools.lru_cache(maxsize=None)
+def _package_fingerprint() -> str:
+    """Hash of every source file of oncomri: a changed kernel anywhere invalidates the cache."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256(numba.__version__.encode())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _model_fingerprint(model) -> str:
+    """Hash of the file that defines ``model`` (numba does not track callees' files)."""
+    try:
+        source = Path(sys.modules[model.__module__].__file__).read_bytes()
+    except (AttributeError, KeyError, OSError, TypeError):
+        source = b""
+    return hashlib.sha256(source).hexdigest()
+
+
 def _importable(model) -> bool:
     module = getattr(model, "__module__", None)
     name = getattr(model, "__name__", "")
@@ -217,7 +237,9 @@ def compile_solver(model):
     For a model importable as ``module.name`` the kernel lives in a generated
     module under ``$ONCOMRI_CACHE_DIR/kernels`` (default ``~/.cache/oncomri``),
     where numba caches its machine code, so later processes load it in well
-    under a second instead of compiling for several seconds. Other models
+    under a second instead of compiling for several seconds. The module's
+    name and text carry a hash of oncomri's sources and of the model's file,
+    so an edited or upgraded kernel is never served from a stale cache. Other models
     (closures, ``__main__``) are compiled in memory for this process only.
     """
     folder = _cache_dir() if _importable(model) else None
@@ -225,7 +247,11 @@ def compile_solver(model):
     if folder is not None:
         text = (_MODULE_TEMPLATE.format(module=model.__module__, name=model.__name__)
                 + source + "\n\nsolve = numba.njit(parallel=True, cache=True)(solve)\n")
-        key = hashlib.sha256((text + numba.__version__).encode()).hexdigest()[:16]
+        # The key covers this solver, oncomri's sources and the model's file,
+        # and is written into the module, so any change makes numba recompile.
+        key = hashlib.sha256((text + _package_fingerprint() + _model_fingerprint(model))
+                             .encode()).hexdigest()[:16]
+        text = f"# cache key {key}\n" + text
         path = folder / f"lm_{model.__name__.strip('_')}_{key}.py"
         if not path.exists():
             tmp = path.with_suffix(f".tmp{os.getpid()}")
