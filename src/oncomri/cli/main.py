@@ -57,6 +57,31 @@ def parse_echo_times(text: str):
     return values, m.group(2)
 
 
+def parse_quantity(text: str, units: dict, *, name: str, default_unit: str | None = None):
+    """Parse ``'3T'``, ``'20ms'``, ``'0.2,0.2,0.5'`` ... -> float or list of floats in SI.
+
+    ``units`` maps suffixes to factors (e.g. ``{'s': 1, 'ms': 1e-3}``); a
+    value without a suffix takes ``default_unit`` or is an error.
+    """
+    m = re.fullmatch(r"\s*([-+0-9.eE,\s]+?)\s*((?:[A-DF-Za-df-zµ%][A-Za-zµ/%²³0-9]*)?)\s*", text or "")
+    if not m:
+        raise ProtocolError(f"{name} {text!r}: not a number with a unit")
+    unit = m.group(2) if m.group(2) else (default_unit if default_unit is not None else "")
+    if unit not in units:
+        raise ProtocolError(f"{name} {text!r}: give a unit, one of {', '.join(u for u in units if u)}")
+    try:
+        values = [float(v) * units[unit] for v in re.split(r"[,\s]+", m.group(1).strip()) if v]
+    except ValueError:
+        raise ProtocolError(f"{name} {text!r}: not a comma-separated list of numbers") from None
+    if not values:
+        raise ProtocolError(f"{name} {text!r}: no value given")
+    return values[0] if len(values) == 1 else values
+
+
+FIELD_UNITS = {"T": 1.0, "": 1.0}
+TIME_UNITS_CLI = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
 def _noise_sigma_arg(text: str):
     if text == "auto":
         return "auto"
@@ -128,6 +153,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="secret that makes pseudonyms reproducible (default: created once in "
                         "~/.config/oncomri/deid-secret)")
     c.set_defaults(func=cmd_convert)
+
+    q = sub.add_parser("quant", help="turn maps into amounts: iron, liver iron",
+                       description="Quantify iron (from ΔR2*) or liver iron (from R2*), from a "
+                                   "number or from a NIfTI map inside an ROI.")
+    qsub = q.add_subparsers(dest="quantity", required=True, metavar="QUANTITY")
+    qi = qsub.add_parser("iron", help="iron concentration, mass and labelled cells from ΔR2*",
+                         description="ΔR2* -> [Fe] (mM) -> iron mass -> labelled cells, with the "
+                                     "agent's relaxivity r2* (Knobloch 2018 table) or a given one.")
+    qi.add_argument("--delta-r2star", required=True, metavar="VALUE|MAP",
+                    help="ΔR2* in 1/s (a number, or a NIfTI ΔR2* map with --roi)")
+    qi.add_argument("--agent", help="contrast agent of the label (table: ferumoxytol)")
+    qi.add_argument("--field", metavar="B0", help="field strength, e.g. 3T or 1.5T")
+    qi.add_argument("--medium", default="plasma", help="relaxivity medium: plasma or saline")
+    qi.add_argument("--relaxivity", type=float, metavar="R2STAR",
+                    help="r2* in 1/(s mM) instead of the table")
+    qi.add_argument("--volume", metavar="MM3", help="ROI volume in mm3 (with a number ΔR2*)")
+    qi.add_argument("--iron-per-cell", metavar="PG", help="iron per labelled cell in pg")
+    qi.add_argument("--roi", type=Path, metavar="MASK", help="ROI mask for a ΔR2* map")
+    qi.add_argument("--out", type=Path, metavar="STEM", help="also write STEM.csv and STEM.json")
+    qi.set_defaults(func=cmd_quant_iron)
+    ql = qsub.add_parser("lic", help="liver iron concentration from R2* (Wood, Garbowski, Hernando)",
+                         description="Liver iron concentration (mg Fe/g dry weight) from R2* with "
+                                     "a published calibration, at the field it is valid for.")
+    ql.add_argument("--r2star", required=True, metavar="VALUE|MAP", help="R2* in 1/s, or a map with --roi")
+    ql.add_argument("--calibration", required=True, choices=["wood2005", "garbowski2014", "hernando2022"])
+    ql.add_argument("--field", required=True, metavar="B0", help="field strength, e.g. 1.5T")
+    ql.add_argument("--roi", type=Path, metavar="MASK", help="ROI mask for an R2* map")
+    ql.add_argument("--out", type=Path, metavar="STEM", help="also write STEM.csv and STEM.json")
+    ql.set_defaults(func=cmd_quant_lic)
 
     d = sub.add_parser(
         "demo", help="map a built-in phantom with every method and print bias and precision",
@@ -349,6 +403,91 @@ def _deid_secret(path):
         from ..core import ValidationError
         raise ValidationError(f"{path}: the de-identification secret is shorter than 16 characters")
     return text
+
+
+def _value_or_map(text: str, roi, *, name: str):
+    """(values, mask, voxel volume mm3) from a number or a NIfTI map (+ ROI on its grid)."""
+    from ..core import ValidationError
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is not None:
+        if roi is not None:
+            raise ValidationError(f"--roi applies to a {name} map, not to a number")
+        return np.array([value]), None, None
+    from ..io import load, load_mask
+
+    volume = load(text)
+    if volume.data.ndim != 3:
+        raise ValidationError(f"{text}: a {name} map must be 3D, got shape {volume.data.shape}")
+    if roi is None:
+        raise ValidationError(f"{text}: give --roi MASK to say where to quantify the map")
+    mask = load_mask(roi, like=volume)
+    return volume.data, mask, float(np.prod(volume.voxel_size))
+
+
+def _print_result(title: str, result: dict) -> None:
+    print(title)
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {text}")
+
+
+def cmd_quant_iron(args) -> int:
+    from ..core import ValidationError
+    from ..quant import cell_number, iron_concentration, iron_mass, labelled_cells
+
+    values, mask, voxel_mm3 = _value_or_map(args.delta_r2star, args.roi, name="ΔR2*")
+    table = {"relaxivity": args.relaxivity, "agent": args.agent, "medium": args.medium,
+             "field_strength_t": (parse_quantity(args.field, FIELD_UNITS, name="--field")
+                                  if args.field else None)}
+    if args.relaxivity is not None:
+        table.pop("agent"), table.pop("medium"), table.pop("field_strength_t")
+    elif args.agent is None or args.field is None:
+        raise ValidationError("give --agent and --field (e.g. --agent ferumoxytol --field 3T), "
+                              "or the relaxivity with --relaxivity")
+    if voxel_mm3 is None and args.volume is not None:
+        voxel_mm3 = parse_quantity(args.volume, {"": 1.0, "mm3": 1.0, "uL": 1.0, "mL": 1e3},
+                                   name="--volume")
+    per_cell = (parse_quantity(args.iron_per_cell, {"": 1.0, "pg": 1.0}, name="--iron-per-cell")
+                if args.iron_per_cell else None)
+    if per_cell is not None and voxel_mm3 is not None:
+        result = labelled_cells(values, iron_per_cell_pg=per_cell, voxel_volume_mm3=voxel_mm3,
+                                mask=mask, **table).as_dict()
+    elif voxel_mm3 is not None:
+        conc = iron_concentration(values, **table)
+        result = {"mean_delta_r2star_per_s": float(np.mean(values if mask is None else values[mask])),
+                  **iron_mass(conc, voxel_volume_mm3=voxel_mm3, mask=mask).as_dict()}
+    else:
+        if per_cell is not None:
+            raise ValidationError("--iron-per-cell needs --volume (mm3) to turn [Fe] into a mass")
+        conc = iron_concentration(values, **table)
+        result = {"delta_r2star_per_s": float(values[0]), "iron_concentration_mM": float(conc[0])}
+    _print_result("iron from ΔR2* (linear relaxivity model; r2* in tissue may differ from solution)",
+                  result)
+    if args.out:
+        from ..io.tables import write_table
+        csv_path, _ = write_table([result], args.out, metadata={"command": "quant iron"})
+        print(f"wrote {csv_path} and .json")
+    return EXIT_OK
+
+
+def cmd_quant_lic(args) -> int:
+    from ..quant import liver_iron
+
+    values, mask, _ = _value_or_map(args.r2star, args.roi, name="R2*")
+    field = parse_quantity(args.field, FIELD_UNITS, name="--field")
+    result = liver_iron(values, calibration=args.calibration, field_strength_t=field,
+                        mask=mask).as_dict()
+    _print_result("liver iron concentration from R2*", result)
+    if args.out:
+        from ..io.tables import write_table
+        csv_path, _ = write_table([result], args.out, metadata={"command": "quant lic"})
+        print(f"wrote {csv_path} and .json")
+    return EXIT_OK
 
 
 def cmd_demo(args) -> int:
