@@ -15,9 +15,12 @@ from .dicom_export import (
     write_segmentation,
 )
 from .convert import sidecar_from_meta, write_bids_series
+from .masks import ROI_SUFFIXES, load_roi
 from .registry import READERS, Reader, describe_series, find_reader, load, load_all
 
 __all__ = [
+    "load_roi",
+    "ROI_SUFFIXES",
     "write_parametric_map",
     "write_segmentation",
     "write_measurement_report",
