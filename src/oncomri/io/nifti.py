@@ -844,5 +844,7 @@ def read_series(path, **options) -> list[Volume]:
     path = Path(path)
     sidecar = read_sidecar(path)
     if sidecar and isinstance(sidecar.get("EchoTime"), list):
-        return [load_multi_echo(path, **options)]
+        n = len(_shape_only(_open_nifti(path).shape, path))
+        if n == 4:  # a 3D map's sidecar may list the echo times it came from
+            return [load_multi_echo(path, **options)]
     return [load_nifti(path)]
