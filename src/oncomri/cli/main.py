@@ -196,6 +196,51 @@ def build_parser() -> argparse.ArgumentParser:
     ql.add_argument("--out", type=Path, metavar="STEM", help="also write STEM.csv and STEM.json")
     ql.set_defaults(func=cmd_quant_lic)
 
+    pl = sub.add_parser("plan", help="plan a cell-tracking study: detection limit, label kinetics, power",
+                        description="Planning calculators: cells per voxel needed for detection, "
+                                    "label kinetics over time, group sizes.")
+    psub = pl.add_subparsers(dest="calculator", required=True, metavar="CALCULATOR")
+    pd = psub.add_parser("detection-limit", help="labelled cells per voxel needed for a ΔR2* of k SDs",
+                         description="σ(R2*) from the Cramér–Rao bound at your echoes and SNR, "
+                                     "then ΔR2* = k·σ -> [Fe] -> iron per voxel -> cells per voxel.")
+    pd.add_argument("--voxel-size", required=True, metavar="MM", help="e.g. 0.1,0.1,0.5mm")
+    pd.add_argument("--echo-times", required=True, metavar="LIST", help="e.g. 2,4,6,8,10,12ms")
+    pd.add_argument("--snr", required=True, type=float, help="SNR at TE = 0")
+    pd.add_argument("--iron-per-cell", required=True, metavar="PG", help="iron per cell, e.g. 10pg")
+    pd.add_argument("--relaxivity", required=True, type=float, metavar="R2STAR",
+                    help="r2* in 1/(s mM), e.g. 57 (ferumoxytol, 3 T, saline; Knobloch 2018)")
+    pd.add_argument("--t2star", required=True, metavar="T", help="baseline T2* of the tissue, e.g. 20ms")
+    pd.add_argument("--k", type=float, default=5.0, help="detection threshold in SDs (default 5, Rose)")
+    pd.add_argument("--design", default="difference", choices=["single", "difference", "difference_exact"])
+    pd.add_argument("--out", type=Path, metavar="STEM", help="also write STEM.csv and STEM.json")
+    pd.set_defaults(func=cmd_plan_detection)
+    pk = psub.add_parser("kinetics", help="label per cell and ΔR2* in a region over time (CSV + PNG)",
+                         description="Label dilution by division, exocytosis, degradation and death "
+                                     "with uptake by phagocytes; predicted ΔR2* and detection day.")
+    pk.add_argument("--cells", required=True, type=float, help="labelled cells delivered to the region")
+    pk.add_argument("--iron-per-cell", required=True, metavar="PG", help="iron per cell at day 0, e.g. 10pg")
+    pk.add_argument("--doubling-time", metavar="DAYS", help="cell doubling time in days (omit: no division)")
+    pk.add_argument("--exocytosis-rate", type=float, default=0.0, metavar="PER_DAY")
+    pk.add_argument("--degradation-rate", type=float, default=0.0, metavar="PER_DAY")
+    pk.add_argument("--death-rate", type=float, default=0.0, metavar="PER_DAY")
+    pk.add_argument("--phagocyte-clearance-rate", type=float, default=0.0, metavar="PER_DAY")
+    pk.add_argument("--region-volume", required=True, metavar="MM3", help="region volume in mm3")
+    pk.add_argument("--relaxivity", required=True, type=float, metavar="R2STAR", help="r2* in 1/(s mM)")
+    pk.add_argument("--days", type=float, default=28.0, help="simulate this many days (default 28)")
+    pk.add_argument("--threshold", type=float, metavar="DR2STAR",
+                    help="detection threshold on ΔR2* in 1/s (e.g. from plan detection-limit)")
+    pk.add_argument("--out", required=True, type=Path, metavar="STEM", help="write STEM.csv, STEM.json, STEM.png")
+    pk.set_defaults(func=cmd_plan_kinetics)
+    pp = psub.add_parser("power", help="power or group size for a two-arm or paired comparison",
+                         description="t-test power (two-sided) for ΔR2* or volume comparisons.")
+    pp.add_argument("--effect", required=True, type=float, help="difference to detect (map units)")
+    pp.add_argument("--sd", required=True, type=float, help="SD (of each arm, or of the paired differences)")
+    pp.add_argument("--n", type=int, help="n per arm (or pairs): compute power; omit to compute n")
+    pp.add_argument("--power", type=float, default=0.8, help="target power when computing n (default 0.8)")
+    pp.add_argument("--alpha", type=float, default=0.05)
+    pp.add_argument("--paired", action="store_true", help="paired design (e.g. baseline vs 24 h)")
+    pp.set_defaults(func=cmd_plan_power)
+
     d = sub.add_parser(
         "demo", help="map a built-in phantom with every method and print bias and precision",
         description="Generate a multi-echo phantom with known T2* (2-100 ms, Rician noise), "
@@ -535,6 +580,101 @@ def cmd_quant_lic(args) -> int:
         from ..io.tables import write_table
         csv_path, _ = write_table([result], args.out, metadata={"command": "quant lic"})
         print(f"wrote {csv_path} and .json")
+    return EXIT_OK
+
+
+def _write_result(result: dict, stem, command: str) -> None:
+    from ..io.tables import write_table
+
+    csv_path, json_path = write_table([result], stem, metadata={"command": command})
+    print(f"wrote {csv_path} and {json_path}")
+
+
+def cmd_plan_detection(args) -> int:
+    from ..sim import detection_limit
+
+    result = detection_limit(
+        voxel_size_mm=parse_quantity(args.voxel_size, {"mm": 1.0, "um": 1e-3}, name="--voxel-size"),
+        echo_times_s=np.atleast_1d(parse_quantity(args.echo_times, TIME_UNITS_CLI, name="--echo-times")),
+        snr=args.snr,
+        iron_per_cell_pg=parse_quantity(args.iron_per_cell, {"": 1.0, "pg": 1.0}, name="--iron-per-cell"),
+        relaxivity_r2star_l_per_mmol_s=args.relaxivity,
+        baseline_t2star_s=parse_quantity(args.t2star, TIME_UNITS_CLI, name="--t2star"),
+        k_sd=args.k, design=args.design).as_dict()
+    _print_result("detection limit (Cramér–Rao σ of R2*, linear relaxivity)", result)
+    if args.out:
+        _write_result(result, args.out, "plan detection-limit")
+    return EXIT_OK
+
+
+def cmd_plan_kinetics(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io.tables import write_table
+    from ..sim import detection_day, simulate_label_kinetics
+
+    doubling = (parse_quantity(args.doubling_time, {"": 1.0, "d": 1.0, "days": 1.0},
+                               name="--doubling-time") if args.doubling_time else None)
+    result = simulate_label_kinetics(
+        cells_delivered=args.cells,
+        label_per_cell=parse_quantity(args.iron_per_cell, {"": 1.0, "pg": 1.0}, name="--iron-per-cell"),
+        doubling_time_days=doubling, exocytosis_rate_per_day=args.exocytosis_rate,
+        degradation_rate_per_day=args.degradation_rate, death_rate_per_day=args.death_rate,
+        phagocyte_clearance_rate_per_day=args.phagocyte_clearance_rate, days=args.days,
+        region_volume_mm3=parse_quantity(args.region_volume, {"": 1.0, "mm3": 1.0}, name="--region-volume"),
+        relaxivity_r2star_l_per_mmol_s=args.relaxivity)
+    d = result.as_dict()
+    columns = ["days", "live_cells", "label_per_cell", "label_in_live_cells", "label_in_phagocytes",
+               "total_label", "delta_r2star_live", "delta_r2star_phagocytes", "delta_r2star_total",
+               "false_positive_fraction"]
+    rows = [{c: d[c][i] for c in columns} for i in range(len(d["days"]))]
+    detection = detection_day(result, threshold=args.threshold).as_dict() if args.threshold else None
+    write_table(rows, args.out, metadata={"command": "plan kinetics", "parameters": d["parameters"],
+                                          "units": d["units"], "detection": detection})
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(d["days"], d["delta_r2star_total"], label="total (what MRI sees)", lw=2)
+    ax.plot(d["days"], d["delta_r2star_live"], label="label in live delivered cells")
+    ax.plot(d["days"], d["delta_r2star_phagocytes"], "--", label="label in host phagocytes (false positive)")
+    if args.threshold:
+        ax.axhline(args.threshold, color="grey", lw=1, ls=":", label=f"detection threshold {args.threshold:g} 1/s")
+    ax.set_xlabel("days after delivery")
+    ax.set_ylabel("ΔR2* in the region (1/s)")
+    ax.set_title(f"{args.cells:.3g} cells × {d['parameters']['label_per_cell']:g} pg Fe in "
+                 f"{d['parameters']['region_volume_mm3']:g} mm³")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png = Path(args.out).with_suffix(".png")
+    tmp = png.with_name(f".tmp-{os.getpid()}-{png.name}")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    os.replace(tmp, png)
+    print(f"ΔR2* at day 0: {d['delta_r2star_total'][0]:.4g} 1/s; at day {d['days'][-1]:g}: "
+          f"{d['delta_r2star_total'][-1]:.4g} 1/s (live cells {d['delta_r2star_live'][-1]:.4g})")
+    if detection:
+        when = (f"day {detection['day']:g} (crossing at {detection['crossing_day']:.2f} d)"
+                if detection["day"] is not None else "not within the simulated days")
+        print(f"signal of live labelled cells falls below {args.threshold:g} 1/s: {when}")
+    print(f"wrote {Path(args.out).with_suffix('.csv')}, .json and {png}")
+    return EXIT_OK
+
+
+def cmd_plan_power(args) -> int:
+    from ..sim import power_paired, power_two_sample, sample_size_paired, sample_size_two_sample
+
+    if args.n is not None:
+        result = (power_paired(effect=args.effect, sd_difference=args.sd, n_pairs=args.n, alpha=args.alpha)
+                  if args.paired else
+                  power_two_sample(effect=args.effect, sd=args.sd, n_per_arm=args.n, alpha=args.alpha))
+    else:
+        result = (sample_size_paired(effect=args.effect, sd_difference=args.sd, power=args.power,
+                                     alpha=args.alpha)
+                  if args.paired else
+                  sample_size_two_sample(effect=args.effect, sd=args.sd, power=args.power, alpha=args.alpha))
+    _print_result("study power (two-sided t-test)", result.as_dict())
     return EXIT_OK
 
 
