@@ -4,7 +4,29 @@ Pure functions on arrays with their affines / voxel sizes (mm); reading mask
 files lives in :mod:`oncomri.io.masks`.
 """
 
+from .celltracking import (
+    DEFAULT_REFERENCE_FRACTION,
+    RCBV_THRESHOLD_FERUMOXYTOL,
+    TNR_BOUNDARIES,
+    TNR_CLASSES,
+    DeltaR2StarROI,
+    HypointenseResult,
+    RCBVClassification,
+    SignalLoss,
+    Spot,
+    SpotDetection,
+    TumourToNormalRatio,
+    classify_rcbv,
+    delta_r2star,
+    delta_r2star_roi,
+    detect_spots,
+    hypointense_fraction,
+    signal_loss_percent,
+    tumour_to_normal_ratio,
+)
 from .geometry import AxialDiameters, axial_axis, longest_axial_diameter, tumour_volume
+from .lymphnode import LYMPH_NODE_CLASSES, LymphNodeClassification, classify_lymph_node, feret_diameter_mm
+from .margins import AM_CLASSES, AM_CRITERION_MM, AblativeMargin, ablative_margin
 from .masks import RESAMPLE_METHODS, resample_mask, world_bounding_box
 from .segment import SEGMENT_METHODS, segment_from_seed
 from .stats import DEFAULT_BIN_WIDTH, DEFAULT_PERCENTILES, RoiStatistics, roi_statistics
@@ -14,4 +36,10 @@ __all__ = [
     "roi_statistics", "RoiStatistics", "DEFAULT_BIN_WIDTH", "DEFAULT_PERCENTILES",
     "tumour_volume", "longest_axial_diameter", "AxialDiameters", "axial_axis",
     "segment_from_seed", "SEGMENT_METHODS",
+    "delta_r2star", "delta_r2star_roi", "DeltaR2StarROI", "hypointense_fraction", "HypointenseResult",
+    "detect_spots", "Spot", "SpotDetection", "signal_loss_percent", "SignalLoss",
+    "tumour_to_normal_ratio", "TumourToNormalRatio", "TNR_BOUNDARIES", "TNR_CLASSES",
+    "classify_rcbv", "RCBVClassification", "RCBV_THRESHOLD_FERUMOXYTOL", "DEFAULT_REFERENCE_FRACTION",
+    "ablative_margin", "AblativeMargin", "AM_CRITERION_MM", "AM_CLASSES",
+    "classify_lymph_node", "LymphNodeClassification", "LYMPH_NODE_CLASSES", "feret_diameter_mm",
 ]
