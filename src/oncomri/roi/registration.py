@@ -113,8 +113,8 @@ def _sitk():
         import SimpleITK
     except ImportError as exc:  # pragma: no cover - SimpleITK is a dependency of roi
         raise MissingDependencyError(
-            "registration needs SimpleITK; install it with pip install 'SimpleITK (pip install SimpleITK)' "
-            "(or pip install 'SimpleITK>=2.3')"
+            "registration needs SimpleITK, a dependency of oncomri; reinstall oncomri "
+            "or pip install 'SimpleITK>=2.3'"
         ) from exc
     return SimpleITK
 
