@@ -131,3 +131,47 @@ def test_measure_bad_rois(tmp_path, r2star_map, capsys):
                  "--out", str(tmp_path / "s")]) == 2
     assert "overlap" in _one_error_line(capsys).lower()
     assert not (tmp_path / "s.csv").exists()
+
+
+def _ball(shape, centre, radius):
+    grid = np.indices(shape).transpose(1, 2, 3, 0)
+    return np.linalg.norm(grid - np.asarray(centre), axis=-1) <= radius
+
+
+@pytest.mark.parametrize("ablation_centre, expected", [((15, 15, 15), "AM(+)"), ((15, 15, 22), "AM(-)")])
+def test_margin_cli_on_concentric_and_crossing_zones(tmp_path, capsys, ablation_centre, expected):
+    shape = (31, 31, 31)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    _save(tmp_path / "tumour.nii.gz", _ball(shape, (15, 15, 15), 5).astype(np.uint8), affine)
+    _save(tmp_path / "zone.nii.gz", _ball(shape, ablation_centre, 10).astype(np.uint8), affine)
+    assert main(["margin", "--tumour", str(tmp_path / "tumour.nii.gz"), "--ablation",
+                 str(tmp_path / "zone.nii.gz"), "--out", str(tmp_path / "am")]) == 0
+    result = json.loads((tmp_path / "am.json").read_text())["rows"][0]
+    assert result["margin_class"] == expected
+    if expected == "AM(+)":
+        assert abs(result["min_margin_mm"] - 5.0) <= 1.0  # radius difference, within one voxel
+
+
+def test_quant_f19_and_mpi_by_hand(tmp_path, capsys):
+    assert main(["quant", "f19", "--signal", "50", "--reference-signal", "100", "--reference-atoms",
+                 "1e18", "--fluorine-per-cell", "1e13", "--noise-sigma", "2",
+                 "--out", str(tmp_path / "f")]) == 0
+    f19 = json.loads((tmp_path / "f.json").read_text())["rows"][0]
+    # second-moment noise correction of sample and reference: A = sqrt(M^2 - 2 sigma^2)
+    assert f19["total_cells"] == pytest.approx(np.sqrt(2500 - 8) / np.sqrt(10000 - 8) * 1e18 / 1e13, rel=1e-6)
+    cal = tmp_path / "cal.csv"
+    cal.write_text("iron_ug,signal\n0,0.1\n0,-0.1\n0,0.0\n0.01,1.0\n0.1,10.0\n1,100\n10,1000\n")
+    assert main(["quant", "mpi", "--calibration", str(cal), "--signal", "50", "--iron-per-cell", "25pg",
+                 "--out", str(tmp_path / "m")]) == 0
+    mpi = json.loads((tmp_path / "m.json").read_text())["rows"][0]
+    assert mpi["iron_ug"] == pytest.approx(0.5, rel=1e-6) and mpi["cells"] == pytest.approx(0.5e6 / 25, rel=1e-6)
+
+
+def test_plan_targeting_by_hand(capsys):
+    # 10 pg Fe as magnetite (Fe3O4 / 3 Fe = 231.533 / 167.535) x 92 A m2/kg; F = m G at 40 mT/m
+    assert main(["plan", "targeting", "--iron-per-cell", "10pg", "--gradient", "40mT/m"]) == 0
+    out = capsys.readouterr().out
+    moment = 10e-15 * (231.533 / (3 * 55.845)) * 92.0
+    force_pn = moment * 0.040 * 1e12
+    line = next(l for l in out.splitlines() if l.strip().startswith("force_pn"))
+    assert float(line.split()[-1]) == pytest.approx(force_pn, rel=1e-3)

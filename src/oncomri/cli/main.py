@@ -167,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default 25, as pyradiomics)")
     m.set_defaults(func=cmd_measure)
 
+    mg = sub.add_parser("margin", help="ablative margin class AM(+)/AM(0)/AM(-) and minimum margin",
+                        description="Ablative margin of a treated tumour from the (registered) "
+                                    "pre-ablation tumour mask and the ablation zone on post-ablation "
+                                    "T2*w images (Koda 2013; classes as Fukuda 2019).")
+    mg.add_argument("--tumour", required=True, type=Path, metavar="MASK", help="pre-ablation tumour mask")
+    mg.add_argument("--ablation", required=True, type=Path, metavar="MASK",
+                    help="ablation zone mask on the same grid")
+    mg.add_argument("--criterion", default="2mm", metavar="MM", help="safe margin (default 2mm)")
+    mg.add_argument("--out", type=Path, metavar="STEM", help="also write STEM.csv and STEM.json")
+    mg.set_defaults(func=cmd_margin)
+
     q = sub.add_parser("quant", help="turn maps into amounts: iron, liver iron",
                        description="Quantify iron (from ΔR2*) or liver iron (from R2*), from a "
                                    "number or from a NIfTI map inside an ROI.")
@@ -195,6 +206,28 @@ def build_parser() -> argparse.ArgumentParser:
     ql.add_argument("--roi", type=Path, metavar="MASK", help="ROI mask for an R2* map")
     ql.add_argument("--out", type=Path, metavar="STEM", help="also write STEM.csv and STEM.json")
     ql.set_defaults(func=cmd_quant_lic)
+    qf = qsub.add_parser("f19", help="19F-labelled cells from 19F signal against a reference",
+                         description="Cells per voxel and per ROI from a 19F image (or one signal "
+                                     "value) against a reference of known fluorine content, with "
+                                     "noise-floor correction and an SNR detection threshold.")
+    qf.add_argument("--signal", required=True, metavar="VALUE|MAP", help="19F magnitude (number or map)")
+    qf.add_argument("--roi", type=Path, metavar="MASK", help="ROI mask for a 19F map")
+    qf.add_argument("--reference-signal", required=True, type=float, help="signal of the reference")
+    qf.add_argument("--reference-atoms", required=True, type=float, help="19F atoms in the reference")
+    qf.add_argument("--fluorine-per-cell", required=True, type=float, help="19F atoms per cell (assay)")
+    qf.add_argument("--noise-sigma", required=True, type=float, help="noise sigma in signal units")
+    qf.add_argument("--snr-threshold", type=float, help="detection threshold in sigma (default 3.5)")
+    qf.add_argument("--out", type=Path, metavar="STEM", help="also write STEM.csv and STEM.json")
+    qf.set_defaults(func=cmd_quant_f19)
+    qm = qsub.add_parser("mpi", help="iron and cells from MPI signal with a linear calibration",
+                         description="Fit signal = a + b·iron on calibration standards (CSV with "
+                                     "columns iron_ug,signal), then quantify a sample.")
+    qm.add_argument("--calibration", required=True, type=Path, metavar="CSV",
+                    help="standards: CSV with columns iron_ug,signal (rows with iron_ug 0 are blanks)")
+    qm.add_argument("--signal", required=True, type=float, help="the sample's MPI signal")
+    qm.add_argument("--iron-per-cell", metavar="PG", help="iron per labelled cell, e.g. 30pg")
+    qm.add_argument("--out", type=Path, metavar="STEM", help="also write STEM.csv and STEM.json")
+    qm.set_defaults(func=cmd_quant_mpi)
 
     pl = sub.add_parser("plan", help="plan a cell-tracking study: detection limit, label kinetics, power",
                         description="Planning calculators: cells per voxel needed for detection, "
@@ -231,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="detection threshold on ΔR2* in 1/s (e.g. from plan detection-limit)")
     pk.add_argument("--out", required=True, type=Path, metavar="STEM", help="write STEM.csv, STEM.json, STEM.png")
     pk.set_defaults(func=cmd_plan_kinetics)
+    pt = psub.add_parser("targeting", help="force on and drift of a SPION-labelled cell in a gradient",
+                         description="Magnetic moment at saturation, force m·∇B, Stokes drift "
+                                     "velocity and distance of a labelled cell in blood.")
+    pt.add_argument("--iron-per-cell", required=True, metavar="PG", help="iron per cell, e.g. 10pg")
+    pt.add_argument("--gradient", required=True, metavar="G", help="gradient, e.g. 40mT/m")
+    pt.add_argument("--ms", type=float, default=92.0, metavar="AM2_PER_KG",
+                    help="saturation magnetisation of the oxide (default 92, bulk magnetite)")
+    pt.add_argument("--basis", default="magnetite", choices=["magnetite", "maghemite", "iron"],
+                    help="what --ms is per kilogram of")
+    pt.add_argument("--cell-radius", default="5um", metavar="R", help="cell radius (default 5um)")
+    pt.add_argument("--duration", default="60s", metavar="T", help="time in the gradient (default 60s)")
+    pt.add_argument("--field", default="3T", metavar="B0", help="main field (saturation check)")
+    pt.set_defaults(func=cmd_plan_targeting)
     pp = psub.add_parser("power", help="power or group size for a two-arm or paired comparison",
                          description="t-test power (two-sided) for ΔR2* or volume comparisons.")
     pp.add_argument("--effect", required=True, type=float, help="difference to detect (map units)")
@@ -580,6 +626,80 @@ def cmd_quant_lic(args) -> int:
         from ..io.tables import write_table
         csv_path, _ = write_table([result], args.out, metadata={"command": "quant lic"})
         print(f"wrote {csv_path} and .json")
+    return EXIT_OK
+
+
+def cmd_quant_f19(args) -> int:
+    from ..quant import fluorine_cells
+
+    values, mask, voxel_mm3 = _value_or_map(args.signal, args.roi, name="19F signal")
+    options = {} if args.snr_threshold is None else {"snr_threshold": args.snr_threshold}
+    result = fluorine_cells(values, reference_signal=args.reference_signal,
+                            reference_fluorine_atoms=args.reference_atoms,
+                            fluorine_per_cell=args.fluorine_per_cell, noise_sigma=args.noise_sigma,
+                            mask=mask, voxel_volume_mm3=voxel_mm3, **options).as_dict()
+    _print_result("19F-labelled cells (reference-phantom quantification)", result)
+    if args.out:
+        _write_result(result, args.out, "quant f19")
+    return EXIT_OK
+
+
+def cmd_quant_mpi(args) -> int:
+    import csv
+
+    from ..core import ReadError, ValidationError
+    from ..quant import mpi_calibration, mpi_iron
+
+    try:
+        with open(args.calibration, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        iron = np.array([float(r["iron_ug"]) for r in rows])
+        signal = np.array([float(r["signal"]) for r in rows])
+    except OSError as exc:
+        raise ReadError(f"{args.calibration}: cannot read the calibration ({exc.strerror})") from None
+    except (KeyError, ValueError, TypeError):
+        raise ValidationError(f"{args.calibration}: needs numeric columns iron_ug,signal "
+                              "(one row per standard; iron_ug 0 for blanks)") from None
+    blanks = iron == 0
+    calibration = mpi_calibration(iron[~blanks], signal[~blanks],
+                                  blank_signal=signal[blanks] if blanks.sum() >= 2 else None)
+    per_cell = (parse_quantity(args.iron_per_cell, {"": 1.0, "pg": 1.0}, name="--iron-per-cell")
+                if args.iron_per_cell else None)
+    result = {**{f"calibration_{k}": v for k, v in calibration.as_dict().items()},
+              **mpi_iron(args.signal, calibration=calibration, iron_per_cell_pg=per_cell).as_dict()}
+    _print_result("MPI iron quantification (linear calibration)", result)
+    if args.out:
+        _write_result(result, args.out, "quant mpi")
+    return EXIT_OK
+
+
+def cmd_margin(args) -> int:
+    from ..io import load, load_mask
+    from ..roi import ablative_margin
+
+    ablation = load(args.ablation)
+    tumour = load_mask(args.tumour, like=ablation)
+    result = ablative_margin(tumour, ablation_mask=ablation.data > 0,
+                             voxel_size_mm=tuple(ablation.voxel_size), affine=ablation.affine,
+                             criterion_mm=parse_quantity(args.criterion, {"mm": 1.0, "": 1.0},
+                                                         name="--criterion")).as_dict()
+    _print_result("ablative margin", result)
+    if args.out:
+        _write_result(result, args.out, "margin")
+    return EXIT_OK
+
+
+def cmd_plan_targeting(args) -> int:
+    from ..sim import magnetic_drift
+
+    result = magnetic_drift(
+        iron_per_cell_pg=parse_quantity(args.iron_per_cell, {"": 1.0, "pg": 1.0}, name="--iron-per-cell"),
+        gradient_t_per_m=parse_quantity(args.gradient, {"T/m": 1.0, "mT/m": 1e-3}, name="--gradient"),
+        saturation_magnetisation_am2_per_kg=args.ms, magnetisation_basis=args.basis,
+        cell_radius_um=parse_quantity(args.cell_radius, {"um": 1.0, "µm": 1.0}, name="--cell-radius"),
+        duration_s=parse_quantity(args.duration, {"s": 1.0, "min": 60.0, "h": 3600.0}, name="--duration"),
+        field_strength_t=parse_quantity(args.field, FIELD_UNITS, name="--field")).as_dict()
+    _print_result("magnetic drift of a labelled cell (Stokes drag in blood)", result)
     return EXIT_OK
 
 
