@@ -175,3 +175,24 @@ def test_plan_targeting_by_hand(capsys):
     force_pn = moment * 0.040 * 1e12
     line = next(l for l in out.splitlines() if l.strip().startswith("force_pn"))
     assert float(line.split()[-1]) == pytest.approx(force_pn, rel=1e-3)
+
+
+def test_measure_with_baseline_reports_paired_delta_r2star(tmp_path, r2star_map, capsys):
+    pre = np.full((8, 8, 3), 20.0, np.float32)
+    _save(tmp_path / "sub-01_ses-pre_R2starmap.nii.gz", pre, units="1/s")
+    roi = np.zeros((8, 8, 3), np.uint8)
+    roi[2:4, 2:4, 1] = 1
+    _save(tmp_path / "roi.nii.gz", roi)
+    stem = tmp_path / "delta"
+    assert main(["measure", str(r2star_map), "--roi", str(tmp_path / "roi.nii.gz"), "--baseline",
+                 str(tmp_path / "sub-01_ses-pre_R2starmap.nii.gz"), "--out", str(stem)]) == 0
+    row = json.loads(stem.with_suffix(".json").read_text())["rows"][0]
+    assert row["delta_r2star_per_s"] == pytest.approx(25.0 - 20.0)
+    assert row["delta_r2star_percent"] == pytest.approx(25.0)
+    assert "ΔR2* +5 1/s" in capsys.readouterr().out
+    other = np.eye(4)
+    other[0, 0] = 0.7
+    _save(tmp_path / "moved.nii.gz", pre, other)
+    assert main(["measure", str(r2star_map), "--roi", str(tmp_path / "roi.nii.gz"), "--baseline",
+                 str(tmp_path / "moved.nii.gz"), "--out", str(stem)]) == 2
+    assert "register" in _one_error_line(capsys)

@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write STEM.csv and STEM.json (default: ./<first map>_roi-stats)")
     m.add_argument("--bin-width", type=float, help="histogram/entropy bin width in map units "
                                                    "(default 25, as pyradiomics)")
+    m.add_argument("--baseline", type=Path, metavar="PRE_MAP",
+                   help="baseline R2* map on the same grid (register it first): adds the paired "
+                        "ΔR2* and %%ΔR2* of each ROI (a single MAP only)")
     m.set_defaults(func=cmd_measure)
 
     mg = sub.add_parser("margin", help="ablative margin class AM(+)/AM(0)/AM(-) and minimum margin",
@@ -510,12 +513,14 @@ def _deid_secret(path):
 
 
 def cmd_measure(args) -> int:
-    from ..core import ValidationError, same_grid
+    from ..core import GeometryError, ValidationError, same_grid
     from ..io import load, load_roi
     from ..io.bids import split_nifti_name
     from ..io.tables import write_table
     from ..roi import resample_mask, roi_statistics
 
+    if args.baseline and len(args.maps) != 1:
+        raise ValidationError("--baseline compares one map with its baseline; give a single MAP")
     rows = []
     for map_path in args.maps:
         volume = load(map_path)
@@ -526,9 +531,23 @@ def cmd_measure(args) -> int:
             mask = resample_mask(mask, mask_affine, target_shape=volume.spatial_shape,
                                  target_affine=volume.affine, method="nearest")
         unit = volume.meta.get("Units")
+        baseline = None
+        if args.baseline:
+            baseline = load(args.baseline)
+            if not same_grid(baseline.spatial_shape, baseline.affine, volume.spatial_shape,
+                             volume.affine) or baseline.data.ndim != 3:
+                raise GeometryError(
+                    f"{args.baseline}: the baseline map is not on the grid of {map_path}; "
+                    "register the sessions first (oncomri register) and resample the baseline")
         for stats in roi_statistics(volume.data, mask, voxel_size_mm=tuple(volume.voxel_size),
                                     bin_width=args.bin_width, value_unit=unit):
-            rows.append({"map": str(map_path), **stats.as_dict()})
+            row = {"map": str(map_path), **stats.as_dict()}
+            if baseline is not None:
+                from ..roi import delta_r2star_roi
+
+                label_mask = (mask == stats.label) if mask.dtype != bool else mask
+                row.update(delta_r2star_roi(volume.data, baseline.data, label_mask).as_dict())
+            rows.append(row)
     print(f"{'map':<28} {'label':>5} {'voxels':>7} {'volume mm3':>11} {'mean':>10} {'sd':>10} "
           f"{'median':>10} {'p10':>10} {'p90':>10}  unit")
     for r in rows:
@@ -537,6 +556,10 @@ def cmd_measure(args) -> int:
         print(f"{name:<28} {r['label']:>5} {r['n_voxels']:>7} {r['volume_mm3']:>11.4g} "
               f"{r['mean']:>10.4g} {r['sd']:>10.4g} {r['median']:>10.4g} {r['p10']:>10.4g} "
               f"{r['p90']:>10.4g}  {r.get('value_unit') or ''}")
+        if "delta_r2star_per_s" in r:
+            print(f"{'':<28} {'':>5} ΔR2* {r['delta_r2star_per_s']:+.4g} 1/s "
+                  f"({r['delta_r2star_percent']:+.3g} %) from baseline mean "
+                  f"{r['mean_pre_r2star_per_s']:.4g} 1/s, n = {r['n_post']} paired voxels")
     stem = args.out or Path(split_nifti_name(args.maps[0])[0]).name + "_roi-stats"
     csv_path, json_path = write_table(rows, stem, metadata={
         "command": "measure", "roi": str(args.roi), "maps": [str(p) for p in args.maps]})
