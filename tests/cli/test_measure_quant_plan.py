@@ -196,3 +196,31 @@ def test_measure_with_baseline_reports_paired_delta_r2star(tmp_path, r2star_map,
     assert main(["measure", str(r2star_map), "--roi", str(tmp_path / "roi.nii.gz"), "--baseline",
                  str(tmp_path / "moved.nii.gz"), "--out", str(stem)]) == 2
     assert "register" in _one_error_line(capsys)
+
+
+def test_register_carries_a_baseline_roi_to_a_shifted_later_session(tmp_path, capsys):
+    shape = (40, 40, 20)
+    grid = np.indices(shape).astype(float)
+    body = np.exp(-(((grid[0] - 20) / 12) ** 2 + ((grid[1] - 20) / 9) ** 2 + ((grid[2] - 10) / 6) ** 2))
+    tumour = ((grid[0] - 24) ** 2 + (grid[1] - 18) ** 2 + ((grid[2] - 10) * 2) ** 2) <= 16
+    image = (100 * body + 60 * tumour).astype(np.float32)
+    base_affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    later_affine = base_affine.copy()
+    later_affine[:3, 3] = [3.0, -2.0, 2.0]  # the animal lies 3 mm, -2 mm, 2 mm away at 24 h
+    _save(tmp_path / "t2w_pre.nii.gz", image, base_affine)
+    _save(tmp_path / "t2w_24h.nii.gz", image, later_affine)  # same anatomy, shifted in the scanner
+    _save(tmp_path / "tumour.nii.gz", tumour.astype(np.uint8), base_affine)
+    _save(tmp_path / "r2star_24h.nii.gz", image, later_affine)
+    out = tmp_path / "reg"
+    assert main(["register", str(tmp_path / "t2w_pre.nii.gz"), str(tmp_path / "t2w_24h.nii.gz"),
+                 "--out", str(out), "--mask", str(tmp_path / "tumour.nii.gz"),
+                 "--map", str(tmp_path / "r2star_24h.nii.gz")]) == 0
+    carried = nib.load(out / "tumour_space-later.nii.gz")
+    assert np.array_equal(carried.affine, nib.load(tmp_path / "t2w_24h.nii.gz").affine)
+    inter = np.logical_and(carried.get_fdata() > 0, tumour).sum()
+    assert 2 * inter / (tumour.sum() + (carried.get_fdata() > 0).sum()) >= 0.95
+    back = nib.load(out / "r2star_24h_space-baseline.nii.gz").get_fdata()
+    inside = tumour & np.isfinite(back)
+    assert np.allclose(back[inside], image[inside], rtol=0.05)
+    matrix = np.array(json.loads((out / "registration.json").read_text())["rows"][0]["fixed_to_moving_ras_mm"])
+    np.testing.assert_allclose(matrix[:3, 3], [3.0, -2.0, 2.0], atol=0.5)
