@@ -1,5 +1,6 @@
 """Core types: units, acquisition protocols, ``Volume`` and the errors (numpy only)."""
 
+from .checks import finite_float, positive_float
 from .errors import (
     GeometryError,
     MissingDependencyError,
@@ -20,6 +21,8 @@ from .units import TIME_UNITS, UNIT_LABELS, check_echo_times_plausible, to_secon
 from .volume import Volume, same_grid
 
 __all__ = [
+    "finite_float",
+    "positive_float",
     "OncomriError",
     "ValidationError",
     "ProtocolError",

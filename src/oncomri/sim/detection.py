@@ -57,6 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
+from ..core.checks import positive_float as _positive
 from ..core.errors import ValidationError
 from ..core.protocols import MultiEchoProtocol
 from .kinetics import IRON_MOLAR_MASS_G_PER_MOL
@@ -74,16 +75,6 @@ __all__ = [
 ROSE_CRITERION = 5.0
 
 _DESIGNS = ("single", "difference", "difference_exact")
-
-
-def _positive(name, value, unit):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(f"{name} must be a number, got {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ValidationError(f"{name} must be a finite number > 0 {unit}, got {v:g}")
-    return v
 
 
 def _echo_times(echo_times_s) -> np.ndarray:

@@ -72,6 +72,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import constants, integrate, optimize
 
+from ..core.checks import finite_float as _finite_float
+from ..core.checks import positive_float as _positive
 from ..core.errors import ValidationError
 
 __all__ = [
@@ -123,23 +125,6 @@ def fluorine_atoms_to_concentration_mmol_l(fluorine_atoms, volume_mm3):
 # --------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------
-
-def _finite_float(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValidationError(f"{name} must be finite, got {v}")
-    return v
-
-
-def _positive(name, value, unit):
-    v = _finite_float(name, value)
-    if v <= 0:
-        raise ValidationError(f"{name} must be > 0 {unit}, got {v:g}")
-    return v
-
 
 def _rate(name, value):
     v = _finite_float(name, value)

@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass
 
 from scipy import optimize, stats
 
+from ..core.checks import finite_float as _number
+from ..core.checks import positive_float as _positive
 from ..core.errors import MissingDependencyError, ValidationError
 
 __all__ = [
@@ -59,23 +61,6 @@ def _statsmodels_power():
             "study power needs statsmodels; install it with: pip install 'statsmodels>=0.14'"
         ) from None
     return TTestIndPower(), TTestPower()
-
-
-def _number(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValidationError(f"{name} must be finite, got {v}")
-    return v
-
-
-def _positive(name, value):
-    v = _number(name, value)
-    if v <= 0:
-        raise ValidationError(f"{name} must be > 0, got {v:g}")
-    return v
 
 
 def _alpha(alpha):

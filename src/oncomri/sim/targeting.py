@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..core.checks import positive_float as _positive
 from ..core.errors import ValidationError
 from .kinetics import IRON_MOLAR_MASS_G_PER_MOL
 
@@ -73,16 +74,6 @@ OXIDE_IRON_MASS_RATIO = {
 _STOKES_RE_LIMIT = 0.1
 #: B0 from which SPIO is taken as saturated, T.
 _SATURATION_B0_T = 1.5
-
-
-def _positive(name, value, unit):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(f"{name} must be a number, got {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise ValidationError(f"{name} must be a finite number > 0 {unit}, got {v:g}")
-    return v
 
 
 @dataclass(frozen=True)
