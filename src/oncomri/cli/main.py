@@ -646,9 +646,7 @@ def cmd_quant_iron(args) -> int:
     _print_result("iron from ΔR2* (linear relaxivity model; r2* in tissue may differ from solution)",
                   result)
     if args.out:
-        from ..io.tables import write_table
-        csv_path, _ = write_table([result], args.out, metadata={"command": "quant iron"})
-        print(f"wrote {csv_path} and .json")
+        _write_result(result, args.out, "quant iron")
     return EXIT_OK
 
 
@@ -661,9 +659,7 @@ def cmd_quant_lic(args) -> int:
                         mask=mask).as_dict()
     _print_result("liver iron concentration from R2*", result)
     if args.out:
-        from ..io.tables import write_table
-        csv_path, _ = write_table([result], args.out, metadata={"command": "quant lic"})
-        print(f"wrote {csv_path} and .json")
+        _write_result(result, args.out, "quant lic")
     return EXIT_OK
 
 
