@@ -492,6 +492,19 @@ def _common_options(
     return flags, t, ci, min_sd_duration_days
 
 
+def _prepare(values, name, baseline_index, new_lesions, confirmation, times_days,
+             confirmation_interval_days, min_sd_duration_days):
+    """The validated series and the keyword arguments of :func:`_assess` every criterion shares."""
+    series = _series(values, name)
+    b = _baseline(baseline_index, series.size, series, name)
+    flags, t, ci, min_sd = _common_options(
+        series.size, b, new_lesions, confirmation, times_days, confirmation_interval_days,
+        min_sd_duration_days)
+    return series, {"baseline_index": b, "new_lesions": flags, "confirmation": bool(confirmation),
+                    "times_days": t, "confirmation_interval_days": ci,
+                    "min_sd_duration_days": min_sd}
+
+
 def _diameter_rules(pr_decrease_percent, pd_increase_percent, pd_min_increase_mm):
     pr = _positive(pr_decrease_percent, "pr_decrease_percent")
     pd = _positive(pd_increase_percent, "pd_increase_percent")
@@ -594,12 +607,9 @@ def recist_response(
         Empty or non 1-D series, negative diameters, a baseline sum of 0 (no
         measurable disease), mismatched lengths.
     """
-    sld = _series(sld_mm_by_time, "sld_mm_by_time")
+    sld, common = _prepare(sld_mm_by_time, "sld_mm_by_time", baseline_index, new_lesions, confirmation,
+                          times_days, confirmation_interval_days, min_sd_duration_days)
     n = sld.size
-    b = _baseline(baseline_index, n, sld, "sld_mm_by_time")
-    flags, t, ci, min_sd = _common_options(
-        n, b, new_lesions, confirmation, times_days, confirmation_interval_days, min_sd_duration_days
-    )
     pr_limit, pd_limit, thr = _diameter_rules(pr_decrease_percent, pd_increase_percent, pd_min_increase_mm)
     node_limit = _positive(node_normal_short_axis_mm, "node_normal_short_axis_mm")
     thr["node_normal_short_axis_mm"] = node_limit
@@ -630,16 +640,11 @@ def recist_response(
         sld,
         criteria="RECIST 1.1",
         measure="sum of diameters (mm)",
-        baseline_index=b,
-        new_lesions=flags,
         is_complete=complete,
         pr_limit=pr_limit,
         pd_limit=pd_limit,
-        confirmation=bool(confirmation),
-        times_days=t,
-        confirmation_interval_days=ci,
-        min_sd_duration_days=min_sd,
         thresholds=thr,
+        **common,
     )
 
 
@@ -686,27 +691,18 @@ def mrecist_response(
     -------
     ResponseAssessment
     """
-    sld = _series(viable_sld_mm_by_time, "viable_sld_mm_by_time")
-    n = sld.size
-    b = _baseline(baseline_index, n, sld, "viable_sld_mm_by_time")
-    flags, t, ci, min_sd = _common_options(
-        n, b, new_lesions, confirmation, times_days, confirmation_interval_days, min_sd_duration_days
-    )
+    sld, common = _prepare(viable_sld_mm_by_time, "viable_sld_mm_by_time", baseline_index, new_lesions, confirmation,
+                          times_days, confirmation_interval_days, min_sd_duration_days)
     pr_limit, pd_limit, thr = _diameter_rules(pr_decrease_percent, pd_increase_percent, pd_min_increase_mm)
     return _assess(
         sld,
         criteria="mRECIST",
         measure="sum of viable tumour diameters (mm)",
-        baseline_index=b,
-        new_lesions=flags,
         is_complete=sld == 0,
         pr_limit=pr_limit,
         pd_limit=pd_limit,
-        confirmation=bool(confirmation),
-        times_days=t,
-        confirmation_interval_days=ci,
-        min_sd_duration_days=min_sd,
         thresholds=thr,
+        **common,
     )
 
 
@@ -756,12 +752,8 @@ def volumetric_response(
     -------
     ResponseAssessment
     """
-    vol = _series(volume_mm3_by_time, "volume_mm3_by_time")
-    n = vol.size
-    b = _baseline(baseline_index, n, vol, "volume_mm3_by_time")
-    flags, t, ci, min_sd = _common_options(
-        n, b, new_lesions, confirmation, times_days, confirmation_interval_days, min_sd_duration_days
-    )
+    vol, common = _prepare(volume_mm3_by_time, "volume_mm3_by_time", baseline_index, new_lesions, confirmation,
+                          times_days, confirmation_interval_days, min_sd_duration_days)
     try:
         pr = float(pr_percent)
         pd = float(pd_percent)
@@ -784,16 +776,11 @@ def volumetric_response(
         vol,
         criteria="volumetric",
         measure="tumour volume (mm3)",
-        baseline_index=b,
-        new_lesions=flags,
         is_complete=vol == 0,
         pr_limit=pr_limit,
         pd_limit=pd_limit,
-        confirmation=bool(confirmation),
-        times_days=t,
-        confirmation_interval_days=ci,
-        min_sd_duration_days=min_sd,
         thresholds={"pr_percent": pr, "pd_percent": pd, "pd_min_increase_mm3": pd_abs},
+        **common,
     )
 
 
