@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..core.errors import OncomriError, ProtocolError
+from ..core.units import parse_echo_times
 
 __all__ = ["main", "build_parser"]
 
@@ -27,35 +28,6 @@ EXIT_USAGE = 2
 
 #: Runs with more voxels than this show a progress bar (on a terminal).
 PROGRESS_MIN_VOXELS = 200_000
-
-_METHOD_REFERENCES = {
-    "loglin": "log-linear least squares",
-    "wloglin": "log-linear least squares weighted by S^2",
-    "arlo": "ARLO, Pei et al., MRM 2015;73:843 (Simpson ratio inverted exactly)",
-    "nlls": "nonlinear least squares, S0 exp(-R TE), bounded Levenberg-Marquardt",
-    "nlls_offset": "nonlinear least squares, S0 exp(-R TE) + C, bounded Levenberg-Marquardt",
-    "ncexp": "noise-corrected exponential (Rician mean), Raya et al., MRM 2010;63:181; "
-             "Feng et al., MRM 2013;70:1765",
-}
-
-
-def parse_echo_times(text: str):
-    """Parse ``'4.6,9.2,13.8ms'`` (unit suffix required: s, ms or us) -> (values, unit)."""
-    m = re.fullmatch(r"\s*(.*?)\s*(ms|us|s)\s*", text or "")
-    if not m or not m.group(1):
-        raise ProtocolError(
-            f"--echo-times {text!r}: give the values with a unit, "
-            "e.g. '4.6,9.2,13.8ms' or '0.0046,0.0092,0.0138s'"
-        )
-    parts = [p for p in re.split(r"[,\s]+", m.group(1).replace(m.group(2), " ")) if p]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        raise ProtocolError(
-            f"--echo-times {text!r}: not a comma-separated list of numbers"
-        ) from None
-    return values, m.group(2)
-
 
 def parse_quantity(text: str, units: dict, *, name: str, default_unit: str | None = None):
     """Parse ``'3T'``, ``'20ms'``, ``'0.2,0.2,0.5'`` ... -> float or list of floats in SI.
@@ -348,7 +320,7 @@ def cmd_map(args) -> int:
     from ..core import ValidationError
     from ..io import derivative_prefix, load_mask, write_derivatives
     from ..io.bids import series_prefix
-    from ..models import MODELS
+    from ..study.mapping import fit_map
 
     if args.drop_first_echo and args.model != "t2":
         raise ProtocolError("--drop-first-echo applies to 'oncomri map t2' only")
@@ -359,56 +331,31 @@ def cmd_map(args) -> int:
     if args.dicom and not volume.meta.get("SOPInstanceUIDs"):
         raise ValidationError("--dicom needs a classic DICOM series as input (the Parametric "
                               "Maps must reference their source images)")
-    model_class = MODELS[args.model]
-    options = {"drop_first_echo": True} if args.drop_first_echo else {}
-    model = model_class(volume.protocol, method=args.method, **options)
     n_voxels = int(mask.sum()) if mask is not None else int(np.prod(volume.spatial_shape))
+    with _Progress(f"{args.model} ({args.method or 'default'})", n_voxels, not args.quiet) as progress:
+        result = fit_map(volume, args.model, method=args.method, mask=mask,
+                         noise_sigma=args.noise_sigma, noise_background=background,
+                         drop_first_echo=args.drop_first_echo, progress=progress,
+                         mask_source=str(args.mask.resolve()) if args.mask else None,
+                         noise_background_label="--noise-mask")
+    common, fit, model = result.sidecar, result.fit, result.model
 
-    start = time.perf_counter()
-    with _Progress(f"{args.model} ({model.method})", n_voxels, not args.quiet) as progress:
-        fit = model.fit(volume.data, mask=mask, noise_sigma=args.noise_sigma,
-                        noise_background=background, progress=progress)
-    seconds = time.perf_counter() - start
-
-    if model.noise_aware:
-        sigma_source = ("given" if args.noise_sigma != "auto" else
-                        "estimated from --noise-mask" if background is not None else
-                        "estimated from the image background (first echo)")
-    common = {
-        "Software": "oncomri",
-        "SoftwareVersion": __version__,
-        "Model": args.model,
-        "Method": model.method,
-        "MethodDescription": _METHOD_REFERENCES.get(model.method, "user-supplied"),
-        "EchoTime": volume.protocol.echo_times.tolist(),
-        "EchoTimeUnits": "s",
-        "EchoesUsed": list(range(model.first_echo + 1, volume.protocol.n_echoes + 1)),
-        "RateBounds": list(model.rate_bounds),
-        "RateBoundsUnits": "1/s",
-        "Sources": [str(Path(s).resolve()) for s in volume.sources],
-        "Mask": str(args.mask.resolve()) if args.mask else None,
-        "NoiseSigma": (float(fit.noise_sigma) if np.ndim(fit.noise_sigma) == 0
-                       and fit.noise_sigma is not None else None),
-        "NoiseSigmaUnits": "a.u. (signal units)" if model.noise_aware else None,
-        "NoiseSigmaSource": sigma_source if model.noise_aware else None,
-        "Notes": list(volume.meta.get("notes", [])),
-    }
     from_nifti = all(_is_nifti_name(p) for p in args.inputs)
     prefix = args.prefix or (derivative_prefix(volume.sources) if from_nifti
                              else series_prefix(volume))
-    maps = fit.output_maps()
+    maps = result.maps
     dicom_written = _write_parametric_maps(args.out / "dicom", prefix, maps, volume) if args.dicom else []
     written = write_derivatives(args.out, prefix, maps, reference=volume, sidecar_common=common)
 
     counts = fit.summary()
     fitted = sum(v for k, v in counts.items() if k in ("ok", "not_converged", "at_bound"))
     failures = counts.get("failed", 0) + counts.get("invalid_data", 0)
-    sigma_text = (f", noise sigma {common['NoiseSigma']:.4g} ({sigma_source})"
+    sigma_text = (f", noise sigma {common['NoiseSigma']:.4g} ({result.noise_sigma_source})"
                   if common["NoiseSigma"] is not None else "")
     print(f"{args.model} ({model.method}): {fitted:,} voxels fitted "
           f"({counts.get('not_converged', 0):,} not converged, {counts.get('at_bound', 0):,} at a bound), "
           f"{failures:,} failures, {counts.get('masked', 0):,} masked out, "
-          f"{seconds:.2f} s{sigma_text}")
+          f"{result.seconds:.2f} s{sigma_text}")
     print(f"wrote {len(written)} maps to {args.out}/{prefix}_*.nii.gz")
     if dicom_written:
         print(f"wrote {len(dicom_written)} DICOM Parametric Maps to {dicom_written[0].parent}")
@@ -443,34 +390,10 @@ def _is_nifti_name(path) -> bool:
 
 def _load_multi_echo_input(args):
     """The multi-echo series named on the command line (NIfTI files, or any registry format)."""
-    from ..core import MultiEchoProtocol, ValidationError
-    from ..io import describe_series, load, load_multi_echo
+    from ..study.mapping import load_scan
 
-    echo_times = unit = None
-    label = f"--echo-times {args.echo_times!r}"
-    if args.echo_times is not None:
-        echo_times, unit = parse_echo_times(args.echo_times)
-    if all(_is_nifti_name(p) for p in args.inputs):
-        return load_multi_echo(args.inputs, echo_times=echo_times, echo_time_unit=unit,
-                               echo_times_label=label)
-    if len(args.inputs) != 1:
-        raise ValidationError(
-            "give one DICOM folder, Bruker scan or PAR file, or NIfTI files (one per echo); "
-            f"got {len(args.inputs)} inputs of other kinds")
-    volume = load(args.inputs[0], series=args.series)
-    if echo_times is not None:
-        from ..core.units import to_seconds
-        volume.protocol = MultiEchoProtocol(to_seconds(echo_times, unit), source=label)
-        if volume.data.ndim != 4 or volume.data.shape[-1] != volume.protocol.n_echoes:
-            raise ProtocolError(f"{label} lists {volume.protocol.n_echoes} echoes but series "
-                                f"{describe_series(volume)} has "
-                                f"{volume.data.shape[-1] if volume.data.ndim == 4 else 1}")
-    if not isinstance(volume.protocol, MultiEchoProtocol):
-        what = type(volume.protocol).__name__ if volume.protocol is not None else "a single image"
-        raise ProtocolError(
-            f"{args.inputs[0]}: series {describe_series(volume)} is not a multi-echo series "
-            f"({what}); choose a multi-echo series with --series or give --echo-times")
-    return volume
+    return load_scan(args.inputs, series=args.series, echo_times=args.echo_times,
+                     multi_echo=True, label="--echo-times")
 
 
 def cmd_convert(args) -> int:

@@ -9,6 +9,8 @@ in relaxometry: milliseconds passed where seconds are expected or the reverse.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .errors import ProtocolError
@@ -17,6 +19,7 @@ __all__ = [
     "TIME_UNITS",
     "UNIT_LABELS",
     "to_seconds",
+    "parse_echo_times",
     "check_echo_times_plausible",
     "MAX_PLAUSIBLE_ECHO_TIME_S",
     "MIN_PLAUSIBLE_LAST_ECHO_TIME_S",
@@ -90,3 +93,24 @@ def check_echo_times_plausible(echo_times_s, *, source: str = "echo times") -> N
             f"{source}: echo times up to {np.nanmax(te) * 1e3:g} ms look like seconds "
             "given as milliseconds; state the unit as s"
         )
+
+
+def parse_echo_times(text: str, *, name: str = "--echo-times") -> tuple[list[float], str]:
+    """Parse echo times written with their unit, ``'4.6,9.2,13.8ms'`` -> ``([4.6, 9.2, 13.8], 'ms')``.
+
+    The unit suffix is required (``s``, ``ms`` or ``us``) so that a value can
+    never be taken in the wrong unit; convert with :func:`to_seconds`.
+    ``name`` is the option or field the text came from, for the error message.
+    """
+    m = re.fullmatch(r"\s*(.*?)\s*(ms|us|s)\s*", text or "")
+    if not m or not m.group(1):
+        raise ProtocolError(
+            f"{name} {text!r}: give the values with a unit, "
+            "e.g. '4.6,9.2,13.8ms' or '0.0046,0.0092,0.0138s'"
+        )
+    parts = [p for p in re.split(r"[,\s]+", m.group(1).replace(m.group(2), " ")) if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ProtocolError(f"{name} {text!r}: not a comma-separated list of numbers") from None
+    return values, m.group(2)
