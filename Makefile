@@ -9,14 +9,19 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test bench clean system-deps
 
 # System tools the tests run for real: dcm2niix (cross-check of the DICOM
-# reader) and dciodvfy from dicom3tools (validation of DICOM we write).
-SYSTEM_TOOLS := dcm2niix dciodvfy
+# reader), dciodvfy from dicom3tools (validation of DICOM we write) and a
+# PostgreSQL server (initdb; Debian keeps it under /usr/lib/postgresql/*/bin)
+# that the study-database tests start in a temporary folder; headless
+# chromium renders the HTML report in its test.
+SYSTEM_TOOLS := dcm2niix dciodvfy chromium
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing initdb"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages for:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dcm2niix dicom3tools >/dev/null; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq dcm2niix dicom3tools postgresql chromium >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
