@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(estimate from the background; default)")
     p.add_argument("--noise-mask", type=Path, metavar="FILE",
                    help="air region (NIfTI mask) to estimate the noise sigma from")
+    p.add_argument("--min-snr", type=float, metavar="K",
+                   help="skip background: do not fit voxels whose first echo is below K times "
+                        "the noise sigma (e.g. 3; default: fit every voxel)")
     p.add_argument("--echo-times", metavar="LIST",
                    help="echo times with a unit, e.g. '4.6,9.2,13.8ms' (overrides sidecars)")
     p.add_argument("--drop-first-echo", action="store_true",
@@ -277,12 +280,56 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--paired", action="store_true", help="paired design (e.g. baseline vs 24 h)")
     pp.set_defaults(func=cmd_plan_power)
 
+    r = sub.add_parser(
+        "run", help="run a study: maps, ROIs and biomarkers for every session, then statistics "
+                    "and the HTML report",
+        description="Run (or resume) the study described by a YAML spec: only sessions whose "
+                    "inputs changed are recomputed; results go to the study database, the "
+                    "tidy tables and report.html in the spec's output folder.")
+    r.add_argument("spec", type=Path, metavar="STUDY.yaml", help="the study spec (see oncomri init)")
+    r.add_argument("--db", metavar="URL",
+                   help="database: a SQLite file path or postgresql://user@host/db "
+                        "(default: the spec's database, else OUTPUT/study.sqlite)")
+    r.add_argument("--scheduler", default="processes", metavar="WHERE",
+                   help="processes (default: local worker processes), threads, synchronous, "
+                        "or a Dask scheduler address tcp://HOST:PORT")
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="local workers (default: one per core)")
+    r.add_argument("--force", action="store_true", help="recompute every session")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    i = sub.add_parser(
+        "init", help="write a commented study spec from a BIDS-like folder",
+        description="Scan a folder of sub-*/ses-* scans and write a commented study.yaml to "
+                    "edit (arms, timepoints, scans, ROIs, maps, biomarkers, analyses).")
+    i.add_argument("folder", type=Path, metavar="FOLDER")
+    i.add_argument("--out", type=Path, metavar="FILE", help="default FOLDER/study.yaml")
+    i.add_argument("--force", action="store_true", help="overwrite an existing spec")
+    i.set_defaults(func=cmd_init)
+
+    e = sub.add_parser(
+        "export", help="export a study's tidy measurement table (CSV and Parquet)",
+        description="Write the study database's tidy tables (measurements, maps, ROIs, "
+                    "failures) as CSV and Parquet.")
+    e.add_argument("spec", type=Path, metavar="STUDY.yaml")
+    e.add_argument("--db", metavar="URL", help="as for oncomri run")
+    e.add_argument("--out", type=Path, metavar="DIR", help="default OUTPUT/tables")
+    e.add_argument("--format", default="csv,parquet", help="csv, parquet or both (default)")
+    e.set_defaults(func=cmd_export)
+
     d = sub.add_parser(
-        "demo", help="map a built-in phantom with every method and print bias and precision",
-        description="Generate a multi-echo phantom with known T2* (2-100 ms, Rician noise), "
-                    "map it with every method, print bias and precision per T2*.")
+        "demo", help="the built-in example: a synthetic 20-rat cell-delivery study, end to end",
+        description="Write a synthetic study (20 rats, 3 arms, 4 timepoints, 12-echo GRE, "
+                    "T2w, tumour masks; one rat as DICOM) with known truth, run it with "
+                    "oncomri run and print the report's path and headline results. "
+                    "--phantom instead maps a phantom with every R2* method.")
     d.add_argument("--out", type=Path, default=Path("demo_output"), metavar="DIR")
-    d.add_argument("--snr", type=float, default=50.0, help="SNR at TE = 0 (default 50)")
+    d.add_argument("--subjects", type=int, default=20, help="study size (default 20)")
+    d.add_argument("--phantom", action="store_true",
+                   help="the relaxometry phantom demo: bias and precision of every method")
+    d.add_argument("--snr", type=float, default=50.0, help="phantom SNR at TE = 0 (default 50)")
+    d.add_argument("--scheduler", default="processes", metavar="WHERE", help="as for oncomri run")
     d.set_defaults(func=cmd_demo)
     return parser
 
@@ -337,7 +384,7 @@ def cmd_map(args) -> int:
                          noise_sigma=args.noise_sigma, noise_background=background,
                          drop_first_echo=args.drop_first_echo, progress=progress,
                          mask_source=str(args.mask.resolve()) if args.mask else None,
-                         noise_background_label="--noise-mask")
+                         noise_background_label="--noise-mask", min_snr=args.min_snr)
     common, fit, model = result.sidecar, result.fit, result.model
 
     from_nifti = all(_is_nifti_name(p) for p in args.inputs)
@@ -799,10 +846,100 @@ def cmd_plan_power(args) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args) -> int:
-    from .demo import run_demo
+def cmd_run(args) -> int:
+    from ..study.pipeline import run_study
 
-    run_demo(args.out, snr=args.snr)
+    summary = run_study(args.spec, database=args.db, scheduler=args.scheduler,
+                        workers=args.workers, force=args.force, progress=not args.quiet,
+                        log=print)
+    print_run_summary(summary)
+    return EXIT_OK
+
+
+def print_run_summary(summary) -> None:
+    """The end-of-run summary: counts, failures, headline results, where everything is."""
+    print(f"sessions: {summary.n_done} processed, {summary.n_skipped} unchanged, "
+          f"{summary.n_failed} failed, of {summary.n_sessions}; {summary.wall_s:.1f} s")
+    if summary.stage_s:
+        print("worker time by stage: " + ", ".join(
+            f"{k} {v:.1f} s" for k, v in sorted(summary.stage_s.items(), key=lambda kv: -kv[1])))
+    for subject, timepoint, stage, reason in summary.failures:
+        print(f"  failed {subject}/{timepoint} ({stage}): {reason}")
+    for line in headline_results(summary.analyses):
+        print(line)
+    if summary.report:
+        print(f"report: {summary.report}")
+    if summary.tables:
+        print(f"tables: {Path(summary.tables[0]).parent}")
+    print(f"database: {summary.database}")
+
+
+def _finite(value) -> bool:
+    try:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False
+
+
+def headline_results(analyses) -> list[str]:
+    """One line per test of each analysis: estimate with CI and unit, p (the statistics table)."""
+    from ..study.analysis import results_table
+
+    lines = []
+    titles = {a.name: a.title for a in analyses}
+    current = None
+    for row in results_table(analyses).itertuples():
+        if row.analysis != current:
+            current = row.analysis
+            lines.append(f"{titles.get(row.analysis, row.analysis)}:")
+        if str(row.notes).startswith("error:"):
+            lines.append(f"  not computed: {row.notes[len('error:'):].strip()}")
+            continue
+        unit = f" {row.unit}" if isinstance(row.unit, str) and row.unit else ""
+        ci = (f" [{row.ci_low:.3g}, {row.ci_high:.3g}]"
+              if _finite(row.ci_low) and _finite(row.ci_high) else "")
+        p = f", p = {row.p_value:.3g}" if _finite(row.p_value) else ""
+        lines.append(f"  {row.label}: {row.estimate_name} {row.estimate:.4g}{ci}{unit}{p}")
+    return lines
+
+
+def cmd_init(args) -> int:
+    from ..study.template import write_template
+
+    out = args.out or args.folder / "study.yaml"
+    path = write_template(args.folder, out, force=args.force)
+    print(f"wrote {path}: edit the arms and subjects, then run: oncomri run {path}")
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from ..core import ValidationError
+    from ..study.db import StudyDatabase
+    from ..study.pipeline import default_database
+    from ..study.spec import load_spec
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("csv", "parquet")]
+    if bad or not formats:
+        raise ValidationError(f"--format {args.format!r}: use csv, parquet or csv,parquet")
+    spec = load_spec(args.spec)
+    with StudyDatabase.open(args.db or default_database(spec), create=False) as db:
+        written = db.export(args.out or spec.output / "tables", design=spec.design(),
+                            formats=formats)
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    if args.phantom:
+        from .demo import run_demo
+
+        run_demo(args.out, snr=args.snr)
+        return EXIT_OK
+    from .demo import run_study_demo
+
+    run_study_demo(args.out, n_subjects=args.subjects, scheduler=args.scheduler)
     return EXIT_OK
 
 

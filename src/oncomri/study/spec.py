@@ -274,6 +274,16 @@ def _noise_sigma(value):
     return float(value)
 
 
+def _min_snr(value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value > 0):
+        raise _fail(f"min_snr must be a positive number (multiples of the noise sigma), got "
+                    f"{value!r}; write e.g. 3, or remove it to fit every voxel")
+    return float(value)
+
+
 def _seed(value):
     if value is None:
         return None
@@ -457,6 +467,7 @@ class MapSpec(_Model):
     method: Optional[_Text] = None
     noise_sigma: Annotated[Union[Literal["auto"], float], BeforeValidator(_noise_sigma)] = "auto"
     fit_within: Optional[_Text] = None
+    min_snr: Annotated[Optional[float], BeforeValidator(_min_snr)] = None
 
 
 class BiomarkerSpec(_Model):
