@@ -124,7 +124,7 @@ def run_study_demo(out, *, n_subjects: int = 20, scheduler: str = "processes",
 
     out = Path(out)
     t0 = time.perf_counter()
-    demo = write_demo_study(out / "study", n_subjects=n_subjects, seed=seed)
+    demo = write_demo_study(out / "study", n_subjects=n_subjects, seed=seed, overwrite=True)
     print(f"wrote a synthetic study of {n_subjects} rats x 4 sessions to {out / 'study'} "
           f"in {time.perf_counter() - t0:.1f} s (truth: {demo.truth_path})")
     summary = run_study(demo.spec_path, scheduler=scheduler, progress=True, log=print)
