@@ -205,10 +205,12 @@ def _cache_dir() -> Path | None:
 
 @functools.lru_cache(maxsize=None)
 def _package_fingerprint() -> str:
-    """Hash of every source file of oncomri: a changed kernel anywhere invalidates the cache."""
+    """Hash of the sources that hold numba code (``fitting`` and ``models``): a changed
+    kernel or model function there invalidates the cache; edits elsewhere (I/O, the
+    study engine) do not force every process to recompile."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256(numba.__version__.encode())
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(p for sub in ("fitting", "models") for p in (root / sub).rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -238,7 +240,8 @@ def compile_solver(model):
     module under ``$ONCOMRI_CACHE_DIR/kernels`` (default ``~/.cache/oncomri``),
     where numba caches its machine code, so later processes load it in well
     under a second instead of compiling for several seconds. The module's
-    name and text carry a hash of oncomri's sources and of the model's file,
+    name and text carry a hash of oncomri's numerical sources (``fitting``,
+    ``models``) and of the model's file,
     so an edited or upgraded kernel is never served from a stale cache. Other models
     (closures, ``__main__``) are compiled in memory for this process only.
     """
