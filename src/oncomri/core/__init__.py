@@ -13,6 +13,8 @@ from .errors import (
 from .protocols import (
     DiffusionProtocol,
     DynamicProtocol,
+    CESTProtocol,
+    DCEProtocol,
     InversionRecoveryProtocol,
     MultiEchoProtocol,
     VariableFlipAngleProtocol,
@@ -35,6 +37,8 @@ __all__ = [
     "VariableFlipAngleProtocol",
     "InversionRecoveryProtocol",
     "DynamicProtocol",
+    "CESTProtocol",
+    "DCEProtocol",
     "Volume",
     "same_grid",
     "TIME_UNITS",
