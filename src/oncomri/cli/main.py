@@ -66,21 +66,10 @@ def _noise_sigma_arg(text: str):
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_relaxometry_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``oncomri map r2star|t2star|t2``."""
     from ..models import MODELS
 
-    parser = argparse.ArgumentParser(
-        prog="oncomri",
-        description="Quantitative MRI biomarkers for therapy studies.",
-    )
-    parser.add_argument("--version", action="version", version=f"oncomri {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "map", help="fit a parametric map (R2*/T2*, T2) to a multi-echo series",
-        description="Fit R2*/T2* (gradient echo) or T2 (spin echo) voxelwise and write "
-                    "BIDS-derivative maps with JSON sidecars.")
-    p.add_argument("model", choices=sorted(MODELS), help="what to map")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="NIfTI file(s) with BIDS sidecars (one 4D file or one per echo), "
                         "or one DICOM folder, Bruker ParaVision scan or Philips PAR file")
@@ -109,7 +98,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the rate and time maps as DICOM Parametric Maps that "
                         "reference the source series (DICOM input only), in DIR/dicom/")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_map)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..models import MODELS
+
+    parser = argparse.ArgumentParser(
+        prog="oncomri",
+        description="Quantitative MRI biomarkers for therapy studies.",
+    )
+    parser.add_argument("--version", action="version", version=f"oncomri {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    m = sub.add_parser(
+        "map", help="fit parametric maps: R2*/T2*, T2, T1, DCE, DSC, ADC/IVIM/DKI, CEST",
+        description="Fit a model voxelwise and write BIDS-derivative maps with JSON sidecars "
+                    "(units, method, inputs). `oncomri map MODEL --help` lists its options.")
+    msub = m.add_subparsers(dest="model", required=True, metavar="MODEL")
+    relaxometry = {"r2star": "R2* and T2* from multi-echo gradient echo",
+                   "t2star": "the same as r2star",
+                   "t2": "T2 and R2 from multi-echo spin echo"}
+    for name, text in relaxometry.items():
+        p = msub.add_parser(name, help=text, description=f"Fit {text} voxelwise.")
+        _add_relaxometry_arguments(p)
+        p.set_defaults(func=cmd_map, model=name)
+    from . import map_adc, map_cest, map_dce, map_dsc, map_t1
+
+    others = {
+        "t1": (map_t1, "T1/R1 from variable flip angles or inversion recovery", {}),
+        "dce": (map_dce, "Ktrans, ve, vp, Fp, PS from DCE (Tofts, extended Tofts, Patlak, "
+                         "2CXM, 2CUM)", {}),
+        "dsc": (map_dsc, "rCBV (leakage-corrected), CBF and MTT from DSC", {}),
+        "adc": (map_adc, "ADC from diffusion-weighted images", {"kind": "adc"}),
+        "ivim": (map_adc, "IVIM D, D* and f from diffusion-weighted images", {"kind": "ivim"}),
+        "dki": (map_adc, "diffusion kurtosis (mean signal) from diffusion-weighted images",
+                {"kind": "dki"}),
+        "cest": (map_cest, "MTRasym and Lorentzian pools from CEST Z-spectra", {}),
+    }
+    for name, (module, text, options) in others.items():
+        p = msub.add_parser(name, help=text, description=f"Fit {text} voxelwise.")
+        module.add_arguments(p, **options)
+        p.set_defaults(func=module.run, model=name)
 
     c = sub.add_parser(
         "convert", help="write scanner data (DICOM, Bruker, PAR/REC, NIfTI) as BIDS NIfTI + JSON",

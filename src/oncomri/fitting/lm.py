@@ -45,7 +45,9 @@ _NOT_CONVERGED = int(Status.NOT_CONVERGED)
 _AT_BOUND = int(Status.AT_BOUND)
 _FAILED = int(Status.FAILED)
 _BLOCK = 64
-_MAX_PARAMS = 8
+#: Largest parameter vector (a 5-pool CEST Lorentzian fit has 16); the solve is
+#: dense k x k per iteration, so cost grows as k^3.
+_MAX_PARAMS = 16
 
 
 @numba.njit(cache=True)

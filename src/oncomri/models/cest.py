@@ -76,7 +76,6 @@ from ..fitting import (
     DEFAULT_CHUNK_SIZE,
     STATUS_DESCRIPTIONS,
     Status,
-    compile_solver,
     fit_voxelwise,
     levenberg_marquardt,
 )
@@ -410,34 +409,6 @@ def _pack_splines(u, coefs):
     return np.ascontiguousarray(np.concatenate([head, coefs.reshape(n, -1)], axis=1))
 
 
-def _lm(kernel, y, p0, *, x, consts=None, lower, upper, max_iter, ftol=1e-10, xtol=1e-8):
-    """Batched LM of :mod:`oncomri.fitting.lm`, also for more than its 8-parameter wrapper limit.
-
-    Up to 8 parameters this is :func:`levenberg_marquardt`; beyond, the same
-    compiled kernel (:func:`compile_solver`, which has no size limit) is
-    called directly with the same argument preparation.
-    """
-    k = p0.shape[1]
-    if k <= 8:
-        return levenberg_marquardt(kernel, y, p0, x=x, consts=consts, lower=lower, upper=upper,
-                                   max_iter=max_iter, ftol=ftol, xtol=xtol)
-    y = np.ascontiguousarray(y, dtype=np.float64)
-    n, m = y.shape
-    c = (np.zeros((n, 0)) if consts is None
-         else np.ascontiguousarray(consts, dtype=np.float64).reshape(n, -1))
-    out_p = np.empty((n, k))
-    out_cost = np.empty(n)
-    out_status = np.empty(n, np.uint8)
-    out_iter = np.empty(n, np.int32)
-    if n:
-        compile_solver(kernel)(y, np.ones(m), np.ascontiguousarray(np.atleast_2d(x), dtype=np.float64),
-                               c, np.ascontiguousarray(p0, dtype=np.float64),
-                               np.asarray(lower, np.float64), np.asarray(upper, np.float64),
-                               int(max_iter), float(ftol), float(xtol),
-                               out_p, out_cost, out_status, out_iter)
-    return out_p, out_cost, out_status, out_iter
-
-
 # --------------------------------------------------------------------------
 # B0 estimates on rows (n, n_u) of a Z-spectrum
 # --------------------------------------------------------------------------
@@ -464,7 +435,7 @@ def _b0_lorentzian_window(u, coefs, z, max_shift, window, max_iter):
     p0 = np.column_stack([np.ones(zi.shape[0]), depth, np.full(zi.shape[0], window),
                           centre[use]])
     consts = np.column_stack([centre[use], np.full(zi.shape[0], window)])
-    p, _, st, _ = _lm(_kernel_multipool, zi, p0, x=u[None, :], consts=consts,
+    p, _, st, _ = levenberg_marquardt(_kernel_multipool, zi, p0, x=u[None, :], consts=consts,
                       lower=[0.0, 0.0, 0.02, -max_shift], upper=[2.0, 2.0, 20.0, max_shift],
                       max_iter=max_iter)
     pos = p[:, 3]
@@ -518,7 +489,7 @@ def _method_lorentzian(z, u, b0, ctx):
     # water depth from the data: 1 - min Z
     p0[:, 1] = np.clip(1.0 - np.min(z, axis=1), water.amplitude[1], water.amplitude[2])
     consts = np.tile([0.0, np.inf], (n, 1))
-    p, cost, st, _ = _lm(_kernel_multipool, z, p0, x=u[None, :], consts=consts, lower=lower,
+    p, cost, st, _ = levenberg_marquardt(_kernel_multipool, z, p0, x=u[None, :], consts=consts, lower=lower,
                          upper=upper, max_iter=ctx.max_iter, ftol=1e-9)
     out = {"baseline": p[:, 0], "status": st, "rmse": np.sqrt(cost / z.shape[1])}
     for i, pool in enumerate(pools):
@@ -578,7 +549,7 @@ def _wassr_rows(rows, u, avg, max_shift, max_iter):
     x0, _ = _spline_minimum(u, coefs, z, centre - max_shift, centre + max_shift)
     x0 = np.clip(np.nan_to_num(x0, nan=centre), centre - max_shift, centre + max_shift)
     s = np.linspace(0.0, reach, 64)[1:]
-    p, _, st, _ = _lm(_kernel_symmetry, np.zeros((z.shape[0], s.size)), x0[:, None],
+    p, _, st, _ = levenberg_marquardt(_kernel_symmetry, np.zeros((z.shape[0], s.size)), x0[:, None],
                       x=s[None, :], consts=_pack_splines(u, coefs),
                       lower=[centre - max_shift], upper=[centre + max_shift], max_iter=max_iter)
     return p[:, 0], st

@@ -1126,8 +1126,11 @@ class _Checker:
             f = ("maps", name)
             if "." in name:
                 self.add(f, f"map name {name!r} must not contain '.'; rename it")
-            ok = self.ref(f + ("model",), m.model, MODELS, "a model", "models",
-                          "choose one of them", scope="oncomri fits")
+            # The pipeline maps multi-echo relaxometry; the other models (DCE, DSC,
+            # diffusion, CEST, T1) run from `oncomri map <model>` for now.
+            study_models = {k: MODELS[k] for k in MAP_OUTPUTS if k in MODELS}
+            ok = self.ref(f + ("model",), m.model, study_models, "a model", "models",
+                          "choose one of them", scope="a study can map")
             if ok and m.method is not None:
                 methods = list(getattr(MODELS[m.model], "methods", {}) or {})
                 if methods and m.method not in methods:
