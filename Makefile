@@ -37,8 +37,11 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) system-deps
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/bench_relaxometry.py
 	$(BIN)/python bench/bench_io.py
+	$(BIN)/python bench/bench_dce.py
+	$(BIN)/python bench/bench_study.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
