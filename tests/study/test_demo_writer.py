@@ -59,7 +59,7 @@ def test_spec_follows_the_format(demo):
     assert {k: v["arm"] for k, v in spec["subjects"].items()} == {
         s.id: s.arm for s in study.design.subjects}
     assert spec["maps"] == {"r2star": {"model": "r2star", "scan": "megre", "method": "ncexp",
-                                       "noise_sigma": "auto"}}
+                                       "noise_sigma": "auto", "min_snr": 3}}
     assert spec["biomarkers"]["tumour_R2star"] == {"map": "r2star.R2starmap", "roi": "tumour",
                                                    "statistic": "median"}
     assert spec["biomarkers"]["tumour_T2star"]["map"] == "r2star.T2starmap"

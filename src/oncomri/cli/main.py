@@ -11,14 +11,12 @@ import argparse
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
 from ..core.errors import OncomriError, ProtocolError
-from ..core.units import parse_echo_times
 
 __all__ = ["main", "build_parser"]
 
@@ -54,7 +52,8 @@ FIELD_UNITS = {"T": 1.0, "": 1.0}
 TIME_UNITS_CLI = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 
-def _noise_sigma_arg(text: str):
+def noise_sigma_arg(text: str):
+    """argparse type of ``--noise-sigma``: ``auto`` or a finite non-negative number."""
     if text == "auto":
         return "auto"
     try:
@@ -80,7 +79,7 @@ def _add_relaxometry_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", metavar="NAME",
                    help="fitting method (default ncexp); one of "
                         + ", ".join(MODELS["r2star"].methods))
-    p.add_argument("--noise-sigma", type=_noise_sigma_arg, default="auto", metavar="X",
+    p.add_argument("--noise-sigma", type=noise_sigma_arg, default="auto", metavar="X",
                    help="noise sigma in signal units for noise-aware methods, or 'auto' "
                         "(estimate from the background; default)")
     p.add_argument("--noise-mask", type=Path, metavar="FILE",
@@ -101,8 +100,6 @@ def _add_relaxometry_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..models import MODELS
-
     parser = argparse.ArgumentParser(
         prog="oncomri",
         description="Quantitative MRI biomarkers for therapy studies.",
@@ -614,7 +611,7 @@ def _print_result(title: str, result: dict) -> None:
 
 def cmd_quant_iron(args) -> int:
     from ..core import ValidationError
-    from ..quant import cell_number, iron_concentration, iron_mass, labelled_cells
+    from ..quant import iron_concentration, iron_mass, labelled_cells
 
     values, mask, voxel_mm3 = _value_or_map(args.delta_r2star, args.roi, name="ΔR2*")
     table = {"relaxivity": args.relaxivity, "agent": args.agent, "medium": args.medium,

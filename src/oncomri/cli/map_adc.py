@@ -34,6 +34,7 @@ import numpy as np
 from .. import __version__
 from ..core.errors import ProtocolError, ReadError, ValidationError
 from ..core.protocols import DiffusionProtocol
+from .main import noise_sigma_arg
 
 __all__ = ["KINDS", "add_arguments", "run", "read_bval", "read_bvec", "load_dwi"]
 
@@ -43,18 +44,6 @@ KINDS = {
     "ivim": ("IVIMModel", "intravoxel incoherent motion: D, D*, perfusion fraction f"),
     "dki": ("DKIModel", "mean-signal diffusional kurtosis: D and K"),
 }
-
-
-def _noise_sigma(text: str):
-    if text == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'auto'") from None
-    if not np.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite, non-negative number")
-    return value
 
 
 def _b_range(text: str):
@@ -93,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser, kind: str = "adc") -> None:
     parser.add_argument("--method", choices=list(model.methods), default=None,
                         help=f"fitting method (default {model.default_method}); "
                              + ", ".join(model.methods))
-    parser.add_argument("--noise-sigma", type=_noise_sigma, default="auto", metavar="X",
+    parser.add_argument("--noise-sigma", type=noise_sigma_arg, default="auto", metavar="X",
                         help="noise sigma in signal units for the noise-floor method ncexp, or "
                              "'auto' (estimate from the background of the lowest-b image; default)")
     parser.add_argument("--noise-mask", type=Path, metavar="FILE",

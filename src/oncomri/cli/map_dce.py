@@ -88,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--aif-oversample", type=int, default=4, metavar="K",
                    help="knots per frame of a population AIF (default 4)")
     f = parser.add_argument_group("model")
-    f.add_argument("--model", default="extended_tofts",
+    # dest is not 'model': `oncomri map` sets args.model to the map kind ('dce')
+    f.add_argument("--model", dest="kinetic_model", default="extended_tofts",
                    choices=["tofts", "extended_tofts", "patlak", "2cxm", "2cum", "none"],
                    help="tracer-kinetic model (default extended_tofts); none: model-free only")
     f.add_argument("--fit-delay", action="store_true", help="fit the bolus-arrival delay per voxel")
@@ -118,7 +119,10 @@ def _load(args):
 
 
 def _frame_times(args, volume) -> np.ndarray:
+    from ..models.dsc import dynamic_protocol
+
     n = volume.data.shape[-1]
+    label = volume.sources[0] if volume.sources else "input"
     if args.times:
         t = np.asarray(_quantity(args.times, name="--times"))
         src = "--times"
@@ -130,26 +134,33 @@ def _frame_times(args, volume) -> np.ndarray:
         src = "--temporal-resolution"
     elif getattr(volume.protocol, "times", None) is not None:
         t = np.asarray(volume.protocol.times, float)
-        src = "the series' acquisition times"
+        src = f"{label}: the series' acquisition times"
     elif isinstance(volume.meta.get("FrameTimesStart"), list):
         t = np.asarray(volume.meta["FrameTimesStart"], float)
-        src = "sidecar FrameTimesStart"
+        src = f"{label}: sidecar FrameTimesStart"
     else:
-        raise ProtocolError(f"{volume.sources[0] if volume.sources else 'input'}: no frame times "
-                            "(no FrameTimesStart in the sidecar); give --times or --temporal-resolution")
+        raise ProtocolError(f"{label}: no frame times (no FrameTimesStart in the sidecar); "
+                            "give --times or --temporal-resolution")
     if t.size != n:
         raise ProtocolError(f"{src} lists {t.size} frame times but the series has {n} frames")
-    return t
+    # one line naming the source and the first frame out of order
+    return np.asarray(dynamic_protocol(t, source=src).times, float)
 
 
 def _protocol(args, volume, times) -> DCEProtocol:
     meta = volume.meta
+    label = volume.sources[0] if volume.sources else "input"
     fa = args.flip_angle if args.flip_angle is not None else meta.get("FlipAngle")
+    fa_src = "--flip-angle" if args.flip_angle is not None else f"{label}: FlipAngle"
     if fa is None:
-        raise ProtocolError("no flip angle in the sidecar/headers; give --flip-angle in degrees")
-    fa = float(fa)
+        raise ProtocolError(f"{label}: no FlipAngle in the sidecar/headers; give --flip-angle "
+                            "in degrees")
+    try:
+        fa = float(fa)
+    except (TypeError, ValueError):
+        raise ProtocolError(f"{fa_src} {fa!r}: give one flip angle in degrees (e.g. 15)") from None
     if fa < 1.0:
-        raise ProtocolError(f"flip angle {fa:g} looks like radians; give degrees (e.g. 15)")
+        raise ProtocolError(f"{fa_src} {fa:g} looks like radians; give it in degrees (e.g. 15)")
     tr = _quantity(args.tr, name="--tr")[0] if args.tr else meta.get("RepetitionTime")
     if tr is None:
         raise ProtocolError("no repetition time in the sidecar/headers; give --tr (e.g. '5ms')")
@@ -251,8 +262,8 @@ def run(args) -> int:
                        "ContrastAgent": args.agent})
     maps = {}
     summary = ""
-    if args.model != "none":
-        model = DCEModel(times if protocol is None else protocol, aif, method=args.model,
+    if args.kinetic_model != "none":
+        model = DCEModel(times if protocol is None else protocol, aif, method=args.kinetic_model,
                          fit_delay=args.fit_delay)
         domain = args.fit_domain or ("signal" if is_signal else "concentration")
         if domain == "signal" and not is_signal:
@@ -264,7 +275,8 @@ def run(args) -> int:
         for key, (arr, side) in fit.output_maps().items():
             maps[key] = (arr, {**side, "FitDomain": domain})
         counts = fit.summary()
-        summary = (f"{args.model}: {counts.get('ok', 0) + counts.get('at_bound', 0):,} voxels fitted "
+        n_fitted = counts.get('ok', 0) + counts.get('at_bound', 0)
+        summary = (f"{args.kinetic_model}: {n_fitted:,} voxels fitted "
                    f"({counts.get('at_bound', 0):,} at a bound, {counts.get('not_converged', 0):,} "
                    f"not converged), {counts.get('failed', 0) + counts.get('invalid_data', 0):,} "
                    f"failures, {counts.get('masked', 0):,} masked out")

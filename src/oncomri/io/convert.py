@@ -21,7 +21,6 @@ from .. import __version__
 from ..core import (
     DiffusionProtocol,
     DynamicProtocol,
-    InversionRecoveryProtocol,
     MultiEchoProtocol,
     VariableFlipAngleProtocol,
     ValidationError,

@@ -70,3 +70,10 @@ class Fit:
     def output_maps(self) -> dict:  # pragma: no cover - abstract
         """BIDS-derivative suffix -> (map, sidecar dict with Units and Description)."""
         raise NotImplementedError
+
+    def summary(self) -> dict:
+        """Counts of voxels per status (``{'ok': n, 'masked': m, ...}``), for logs and the CLI."""
+        from ..fitting import Status
+
+        codes, counts = np.unique(self.status, return_counts=True)
+        return {Status(int(c)).name.lower(): int(n) for c, n in zip(codes, counts)}

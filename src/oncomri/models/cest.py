@@ -63,7 +63,6 @@ Multi-pool Lorentzian fit (``method='lorentzian'``)
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -961,7 +960,3 @@ class CESTFit(Fit):
             "Levels": {str(k): v for k, v in STATUS_DESCRIPTIONS.items()}})
         return out
 
-    def summary(self) -> dict:
-        """Counts of voxels per status."""
-        codes, counts = np.unique(self.status, return_counts=True)
-        return {Status(int(c)).name.lower(): int(n) for c, n in zip(codes, counts)}

@@ -1201,9 +1201,6 @@ class DCEFit(Fit):
                                                    "Levels": {str(k): v for k, v in STATUS_DESCRIPTIONS.items()}})
         return out
 
-    def summary(self) -> dict:
-        codes, counts = np.unique(self.status, return_counts=True)
-        return {Status(int(c)).name.lower(): int(n) for c, n in zip(codes, counts)}
 
 
 # --------------------------------------------------------------------------

@@ -706,10 +706,6 @@ class _DiffusionFit(Fit):
                 "Levels": {str(k): v for k, v in STATUS_DESCRIPTIONS.items()}}),
         }
 
-    def summary(self) -> dict:
-        """Counts of voxels per status."""
-        codes, counts = np.unique(self.status, return_counts=True)
-        return {Status(int(c)).name.lower(): int(n) for c, n in zip(codes, counts)}
 
 
 class ADCFit(_DiffusionFit):

@@ -941,7 +941,3 @@ class DSCFit(Fit):
             "Levels": {str(k): v for k, v in STATUS_DESCRIPTIONS.items()}})
         return out
 
-    def summary(self) -> dict:
-        """Counts of voxels per status."""
-        codes, counts = np.unique(self.status, return_counts=True)
-        return {Status(int(c)).name.lower(): int(n) for c, n in zip(codes, counts)}

@@ -501,10 +501,6 @@ class _DecayFit(Fit):
             out[f"{fit}_offset"] = (self.offset, {"Units": "a.u.", "Description": "fitted constant offset"})
         return out
 
-    def summary(self) -> dict:
-        """Counts of voxels per status, for logs and the CLI summary line."""
-        codes, counts = np.unique(self.status, return_counts=True)
-        return {Status(int(c)).name.lower(): int(n) for c, n in zip(codes, counts)}
 
 
 class T2StarFit(_DecayFit):

@@ -762,7 +762,3 @@ class T1Fit(Fit):
                 "Units": "s", "Description": "apparent T1* before the Look-Locker correction"})
         return out
 
-    def summary(self) -> dict:
-        """Counts of voxels per status."""
-        codes, counts = np.unique(self.status, return_counts=True)
-        return {Status(int(c)).name.lower(): int(n) for c, n in zip(codes, counts)}

@@ -14,8 +14,8 @@ the input, handles NaN explicitly and returns frozen dataclasses with
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -27,11 +27,9 @@ __all__ = ["KaplanMeierResult", "kaplan_meier", "kaplan_meier_by_group", "log_ra
 
 def _lifelines():
     try:
-        import lifelines  # noqa: F401
+        import lifelines
     except ImportError:  # pragma: no cover - dependency declared in pyproject
         raise MissingDependencyError("oncomri.stats.survival needs lifelines; pip install 'lifelines>=0.27'") from None
-    import lifelines
-
     return lifelines
 
 
