@@ -238,6 +238,11 @@ def test_a_run_killed_with_sigkill_resumes_without_loss_or_duplicates(study, db_
     assert resumed.n_done + resumed.n_skipped == resumed.n_sessions
     assert resumed.n_failed == 0
 
+    with StudyDatabase.open(db_url, create=False) as db:
+        statuses = dict(zip(db.runs().run_id, db.runs().status))
+    assert statuses[resumed.run_id] == "ok"
+    assert "interrupted" in statuses.values()  # the killed run, marked when the next began
+
     counts = _row_counts(db_url)
     assert len(counts) == resumed.n_sessions * len(BIOMARKERS)
     assert (counts.n == 1).all()

@@ -350,6 +350,17 @@ _PG_RETRY_STATES = {"40001", "40P01", "55P03"}   # serialization, deadlock, lock
 _PG_LOCK_KEY = 0x6F6E636F      # advisory lock serialising migrations ("onco")
 
 
+def _process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (signal 0 probes it)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -747,6 +758,14 @@ class StudyDatabase:
                "host": socket.gethostname(), "pid": os.getpid()}
 
         def insert(conn):
+            # Runs of this host left 'running' by a process that no longer exists were
+            # killed (kill -9, power loss): say so instead of leaving them running forever.
+            stale = conn.execute(sa.select(runs.c.id, runs.c.pid).where(
+                runs.c.status == "running", runs.c.host == row["host"])).fetchall()
+            gone = [run_id for run_id, pid in stale if not _process_alive(pid)]
+            if gone:
+                conn.execute(sa.update(runs).where(runs.c.id.in_(gone))
+                             .values(status="interrupted"))
             return int(conn.execute(sa.insert(runs).values(**row).returning(runs.c.id))
                        .scalar_one())
         return self._write(insert, "starting a run")
