@@ -152,6 +152,14 @@ def test_rerun_recomputes_only_what_changed(study, db_url):
     assert set(zip(changed.subject, changed.timepoint)) == {(subject, "8d")}
     assert (_row_counts(db_url).n == 1).all()
 
+    # an edited sidecar (where echo times live) is an edited input too
+    sidecar = next(study.parent.glob("sub-*/ses-24h/anat/*_echo-2_MEGRE.json"))
+    fields = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**fields, "Comment": "re-exported"}, indent=2))
+    fourth = run_study(study, database=db_url, scheduler="synchronous", progress=False,
+                       report=False)
+    assert (fourth.n_done, fourth.n_skipped) == (1, first.n_sessions - 1)
+
 
 def test_a_failing_scan_is_recorded_and_the_rest_go_on(study, db_url):
     echo = next(study.parent.glob("sub-*/ses-48h/anat/*_echo-3_MEGRE.nii.gz"))

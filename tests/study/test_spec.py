@@ -276,17 +276,93 @@ def test_parse_time_rejects_times_without_a_known_unit(value):
         parse_time(value)
 
 
+def _model_volumes():
+    """One small noiseless series per model family, built from closed forms, as
+    ``{model name: (Volume, [fit_volume keyword sets to try])}``."""
+    from oncomri.core import Volume
+    from oncomri.core.protocols import DiffusionProtocol
+    from oncomri.models.aif import population_aif
+    from oncomri.models.dce import extended_tofts
+
+    shape = (3, 3, 1)
+
+    def volume(signal, meta=None, protocol=None):
+        data = np.ascontiguousarray(np.broadcast_to(signal, shape + np.shape(signal)[-1:]),
+                                    np.float32)
+        return Volume(data, np.eye(4), protocol=protocol, meta=meta or {},
+                      sources=("series.nii.gz",))
+
+    out = {}
+    fa, tr, t1 = np.array([2.0, 5.0, 10.0, 15.0]), 0.005, 1.0
+    e = np.exp(-tr / t1)
+    a = np.deg2rad(fa)
+    out["t1"] = (volume(1000 * np.sin(a) * (1 - e) / (1 - np.cos(a) * e),
+                        {"FlipAngle": fa.tolist(), "RepetitionTime": tr}), [{}])
+    ti = np.array([0.1, 0.3, 0.9, 2.7, 6.0])
+    out["t1_ir"] = (volume(np.abs(1000 * (1 - 2 * np.exp(-ti / t1))),
+                           {"InversionTime": ti.tolist()}), [{}])
+    t = np.arange(30) * 5.0
+    aif = population_aif("parker", t, onset=t[5])
+    conc = extended_tofts(t, aif, 0.1 / 60, 0.3, 0.05)
+    e = np.exp(-0.005 * (1 / 1.4 + 4.5 * conc))
+    a = np.deg2rad(15.0)
+    out["dce"] = (volume(3000 * np.sin(a) * (1 - e) / (1 - np.cos(a) * e),
+                         {"FrameTimesStart": t.tolist(), "FlipAngle": 15.0,
+                          "RepetitionTime": 0.005}),
+                  [{"t1": 1.4, "relaxivity": 4.5}, {"t1": "1400ms", "relaxivity": 4.5,
+                                                    "fit_delay": True}])
+    t = np.arange(40.0)
+    tau = np.clip(t - 10, 0, None)
+    bolus = np.convolve(tau ** 3 * np.exp(-tau / 1.5), np.exp(-t / 4.0))[:t.size]
+    ref = np.zeros(shape, bool)
+    ref[0] = True
+    out["dsc"] = (volume(1000 * np.exp(-0.03 * 0.01 * bolus),
+                         {"EchoTime": 0.03, "RepetitionTime": 1.0}),
+                  [{"baseline_frames": 8},
+                   {"baseline_frames": 8, "aif_mask": ref, "reference_mask": ref}])
+    b = np.array([0.0, 10, 20, 50, 100, 200, 400, 600, 800, 1000, 1500, 2000])
+    dwi = volume(1000 * np.exp(-1e-3 * b) * (1 + 1e-5 * b), protocol=DiffusionProtocol(b))
+    for name in ("adc", "ivim", "dki"):
+        out[name] = (dwi, [{"noise_sigma": 1.0}])
+    off = np.concatenate([[-300.0], np.arange(-6.0, 6.0001, 0.5)])
+    x = off[1:]
+    z = 1 - 0.8 * 0.5625 / (0.5625 + x ** 2) - 0.05 * 0.16 / (0.16 + (x - 3.5) ** 2)
+    out["cest"] = (volume(np.concatenate([[1000.0], 1000 * z]),
+                          {"SaturationOffsets": off.tolist(), "MagneticFieldStrength": 3.0}),
+                   [{}])
+    return out
+
+
 def test_map_outputs_table_matches_the_models(tmp_path):
-    """MAP_OUTPUTS lists what each model's Fit.output_maps() really writes."""
+    """MAP_OUTPUTS lists what each model really writes: relaxometry's Fit.output_maps(),
+    and for the others the maps of their fit_volume (every method, default options)."""
     from oncomri.core.protocols import MultiEchoProtocol
     from oncomri.models import MODELS
+    from oncomri.study.spec import MAP_OUTPUT_PATTERNS
 
+    assert set(MAP_OUTPUTS) == set(MODELS)
     te = np.array([0.004, 0.008, 0.012, 0.016])
     data = (1000.0 * np.exp(-te * np.array([[[[30.0]]], [[[60.0]]]]))).astype(np.float32)
-    for name in MAP_OUTPUTS:
+    for name in ("r2star", "t2star", "t2"):
         cls = MODELS[name]
         fit = cls(MultiEchoProtocol(echo_times=te), method="loglin").fit(data)
         assert set(fit.output_maps()) == set(MAP_OUTPUTS[name]), name
+    volumes = _model_volumes()
+    assert set(volumes) == set(MODELS) - {"r2star", "t2star", "t2"}
+    for name, (volume, variants) in volumes.items():
+        cls = MODELS[name]
+        methods = list(cls.methods) + (["none"] if name == "dce" else [])
+        written = set()
+        for method in methods:
+            for options in variants:
+                result = cls.fit_volume(volume, method=method, **options)
+                written |= set(result.maps)
+                assert np.isfinite(next(iter(result.maps.values()))[0]).any(), (name, method)
+        assert written == set(MAP_OUTPUTS[name]), (name, written ^ set(MAP_OUTPUTS[name]))
+        for suffix in MAP_OUTPUTS[name]:  # the patterns cover the option-named outputs
+            if suffix.startswith(("IAUC", "desc-MTRasym")) or suffix.endswith(
+                    ("Amplitude_CESTmap", "Width_CESTmap", "Offset_CESTmap")):
+                assert any(p.fullmatch(suffix) for p in MAP_OUTPUT_PATTERNS[name]), suffix
 
 
 # --------------------------------------------------------------------------- errors

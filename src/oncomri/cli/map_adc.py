@@ -26,12 +26,10 @@ one-line message; ``oncomri``'s main turns it into exit status 2.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
 from ..core.errors import ProtocolError, ReadError, ValidationError
 from ..core.protocols import DiffusionProtocol
 from .main import noise_sigma_arg
@@ -200,49 +198,15 @@ def run(args) -> int:
     background = load_mask(args.noise_mask, like=volume) if args.noise_mask else None
     options = ({"b_threshold": args.b_threshold} if kind == "ivim"
                else {"b_range": args.b_range})
-    model = cls(volume.protocol, method=args.method, **options)
-    start = time.perf_counter()
-    fit = model.fit(volume.data, mask=mask, noise_sigma=args.noise_sigma,
-                    noise_background=background)
-    seconds = time.perf_counter() - start
-
-    sigma_source = None
-    if model.noise_aware:
-        sigma_source = ("given" if not isinstance(args.noise_sigma, str) else
-                        "estimated from --noise-mask" if background is not None else
-                        "estimated from the image background (lowest b-value)")
-    scalar_sigma = fit.noise_sigma is not None and np.ndim(fit.noise_sigma) == 0
-    common = {
-        "Software": "oncomri",
-        "SoftwareVersion": __version__,
-        "Model": kind,
-        "Method": model.method,
-        "MethodDescription": diffusion.METHOD_REFERENCES.get(model.method, "user-supplied"),
-        "BValues": volume.protocol.b_values.tolist(),
-        "BValueUnits": "s/mm^2",
-        "ShellBValuesFitted": model.shell_b_values.tolist(),
-        "DirectionAverage": f"{model.direction_average} mean per b-value",
-        "DiffusivityBounds": list(model.d_bounds),
-        "DiffusivityUnits": "mm^2/s",
-        "Sources": [str(Path(s).resolve()) for s in volume.sources],
-        "Mask": str(args.mask.resolve()) if args.mask else None,
-        "NoiseSigma": float(fit.noise_sigma) if scalar_sigma else None,
-        "NoiseSigmaSource": sigma_source,
-        "Notes": list(volume.meta.get("notes", [])),
-    }
-    if kind == "ivim":
-        common["BThreshold"] = model.b_threshold
+    result = cls.fit_volume(volume, mask=mask, method=args.method, noise_sigma=args.noise_sigma,
+                            noise_background=background, **options)
+    common = {**result.provenance,
+              "Sources": [str(Path(s).resolve()) for s in volume.sources],
+              "Mask": str(args.mask.resolve()) if args.mask else None}
     prefix = args.prefix or (derivative_prefix(volume.sources)
                              if all(_is_nifti(p) for p in args.inputs) else series_prefix(volume))
-    written = write_derivatives(args.out, prefix, fit.output_maps(), reference=volume,
+    written = write_derivatives(args.out, prefix, result.maps, reference=volume,
                                 sidecar_common=common)
-    counts = fit.summary()
-    fitted = sum(v for k, v in counts.items() if k in ("ok", "not_converged", "at_bound"))
-    failures = counts.get("failed", 0) + counts.get("invalid_data", 0)
-    sigma_text = f", noise sigma {common['NoiseSigma']:.4g} ({sigma_source})" if scalar_sigma else ""
-    print(f"{kind} ({model.method}): {fitted:,} voxels fitted "
-          f"({counts.get('not_converged', 0):,} not converged, {counts.get('at_bound', 0):,} at a "
-          f"bound), {failures:,} failures, {counts.get('masked', 0):,} masked out, "
-          f"{seconds:.2f} s{sigma_text}")
+    print(result.summary)
     print(f"wrote {len(written)} maps to {args.out}/{prefix}_*.nii.gz")
     return 0

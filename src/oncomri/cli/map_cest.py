@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import re
-import time
 from pathlib import Path
-
-import numpy as np
 
 from ..core.errors import ProtocolError, ReadError, ValidationError
 
@@ -35,26 +32,9 @@ B0_CHOICES = ("minimum", "spline", "wassr", "map", "none")
 
 def parse_offsets(text: str, *, name: str, field: float | None = None) -> list[float]:
     """Parse ``'-300,-3.5,0,3.5ppm'`` (or ``...Hz`` with a field in T) into ppm values."""
-    m = re.fullmatch(r"\s*([-+0-9.eE,\s]+?)\s*(ppm|Hz|hz)?\s*", text or "")
-    if not m:
-        raise ProtocolError(f"{name} {text!r}: not a comma-separated list of numbers with a unit "
-                            "(e.g. '-300,-3.5,0,3.5ppm')")
-    unit = m.group(2)
-    if unit is None:
-        raise ProtocolError(f"{name} {text!r}: give the unit, ppm or Hz (e.g. '0.4,2,3.5ppm')")
-    try:
-        values = [float(v) for v in re.split(r"[,\s]+", m.group(1).strip()) if v]
-    except ValueError:
-        raise ProtocolError(f"{name} {text!r}: not a comma-separated list of numbers") from None
-    if not values:
-        raise ProtocolError(f"{name} {text!r}: no value given")
-    if unit.lower() == "hz":
-        if field is None:
-            raise ProtocolError(f"{name} in Hz need the field strength to convert to ppm; give --field")
-        from ..core.protocols import PROTON_HZ_PER_PPM_PER_T
+    from ..models.cest import parse_offsets as parse
 
-        values = [v / (PROTON_HZ_PER_PPM_PER_T * field) for v in values]
-    return values
+    return parse(text, name=name, field=field)
 
 
 def _field_arg(text: str) -> float:
@@ -131,59 +111,21 @@ def _load_series(args):
     return volume
 
 
-def _sidecar_offsets(meta, field, where):
-    if "SaturationOffsets" in meta:
-        values = meta["SaturationOffsets"]
-        unit = "ppm"
-    elif "SaturationOffsetsHz" in meta:
-        values = meta["SaturationOffsetsHz"]
-        unit = "Hz"
-    else:
-        return None
-    try:
-        values = [float(v) for v in np.atleast_1d(values)]
-    except (TypeError, ValueError):
-        raise ProtocolError(f"{where}: sidecar SaturationOffsets must be a list of numbers") from None
-    if unit == "Hz":
-        if field is None:
-            raise ProtocolError(f"{where}: SaturationOffsetsHz need the field strength; give --field")
-        from ..core.protocols import PROTON_HZ_PER_PPM_PER_T
-
-        values = [v / (PROTON_HZ_PER_PPM_PER_T * field) for v in values]
-    return values
-
-
-def _offsets(args, volume, field):
-    where = args.inputs[0]
+def _offsets_file(args):
+    """Offsets (ppm) of ``--offsets-file``, or None."""
     if args.offsets and args.offsets_file:
         raise ValidationError("give --offsets or --offsets-file, not both")
-    if args.offsets:
-        return parse_offsets(args.offsets, name="--offsets", field=field), "--offsets"
-    if args.offsets_file:
-        try:
-            text = Path(args.offsets_file).read_text()
-        except OSError as exc:
-            raise ReadError(f"{args.offsets_file}: cannot read the offsets file ({exc.strerror})") from None
-        try:
-            return [float(v) for v in re.split(r"[,\s]+", text.strip()) if v], str(args.offsets_file)
-        except ValueError:
-            raise ProtocolError(f"{args.offsets_file}: offsets must be numbers in ppm, "
-                                "separated by spaces, commas or new lines") from None
-    values = _sidecar_offsets(volume.meta, field, where)
-    if values is None:
-        raise ProtocolError(
-            f"{where}: no saturation offsets; give --offsets (e.g. '-300,-6,...,6ppm'), "
-            "--offsets-file, or SaturationOffsets (ppm) in the sidecar")
-    return values, f"{where} sidecar"
-
-
-def _m0_index(text):
-    if text is None:
+    if not args.offsets_file:
         return None
     try:
-        return [int(v) for v in re.split(r"[,\s]+", text.strip()) if v]
+        text = Path(args.offsets_file).read_text()
+    except OSError as exc:
+        raise ReadError(f"{args.offsets_file}: cannot read the offsets file ({exc.strerror})") from None
+    try:
+        return [float(v) for v in re.split(r"[,\s]+", text.strip()) if v]
     except ValueError:
-        raise ProtocolError(f"--m0-index {text!r}: give 0-based volume indices, e.g. 0 or 0,61") from None
+        raise ProtocolError(f"{args.offsets_file}: offsets must be numbers in ppm, "
+                            "separated by spaces, commas or new lines") from None
 
 
 def _grid_check(other, volume, what):
@@ -195,99 +137,50 @@ def _grid_check(other, volume, what):
 
 
 def run(args) -> int:
-    """Fit the CEST series and write the maps; raises OncomriError on bad input."""
-    from .. import __version__
-    from ..core import CESTProtocol
+    """Fit the CEST series and write the maps; raises OncomriError on bad input.
+
+    Files are read here; :meth:`oncomri.models.CESTModel.fit_volume` (shared
+    with the study pipeline) builds the protocol and fits.
+    """
     from ..io import derivative_prefix, load_mask, load_nifti, write_derivatives
     from ..io.bids import series_prefix
-    from ..models.cest import B0_REFERENCES, METHOD_REFERENCES, CESTModel
+    from ..models.cest import CESTModel, sidecar_offsets
 
     volume = _load_series(args)
-    meta = volume.meta
-    field = args.field if args.field is not None else meta.get("MagneticFieldStrength")
-    if field is not None and not (np.isfinite(float(field)) and float(field) > 0):
-        raise ProtocolError(f"--field {args.field!r}: give the field strength in tesla, e.g. 3T")
-    field = None if field is None else float(field)
-    offsets, offsets_source = _offsets(args, volume, field)
-    n = volume.data.shape[3]
-    if len(offsets) != n:
-        raise ProtocolError(
-            f"{offsets_source}: {len(offsets)} offsets for {n} volumes of {args.inputs[0]}; "
-            "give one offset per volume, M0 included")
-    protocol = CESTProtocol(offsets, m0_index=_m0_index(args.m0_index), magnetic_field_strength=field,
-                            saturation_b1=meta.get("SaturationB1"),
-                            saturation_duration=meta.get("SaturationDuration"),
-                            source=offsets_source)
-    b0_correction = args.b0_correction or ("map" if args.b0_map else "wassr" if args.wassr
-                                           else "minimum")
-    fit_kwargs = {}
-    wassr_offsets = None
-    if b0_correction == "map":
-        if args.b0_map is None:
-            raise ValidationError("--b0-correction map needs --b0-map FILE")
+    options = {"offsets": args.offsets, "m0_index": args.m0_index, "field": args.field,
+               "b0_correction": args.b0_correction, "b0_unit": args.b0_unit,
+               "offsets_of_interest": args.offsets_of_interest, "pools": args.pools}
+    from_file = _offsets_file(args)
+    if from_file is not None:
+        options["offsets"] = from_file
+    if args.b0_map is not None:
         b0 = load_nifti(args.b0_map)
         _grid_check(b0, volume, f"--b0-map {args.b0_map}")
-        unit = args.b0_unit or b0.meta.get("Units")
-        if unit not in ("Hz", "ppm"):
+        options["b0_map"] = b0.data
+        options["b0_unit"] = args.b0_unit or b0.meta.get("Units")
+        if options["b0_unit"] not in ("Hz", "ppm") and args.b0_correction in (None, "map"):
             raise ProtocolError(f"--b0-map {args.b0_map}: its unit is unknown; give --b0-unit Hz or ppm")
-        data = b0.data[..., 0] if b0.data.ndim == 4 else b0.data
-        fit_kwargs.update(b0_map=data, b0_unit=unit)
-    elif args.b0_map is not None:
-        raise ValidationError(f"--b0-map given with --b0-correction {b0_correction}; drop one")
-    if b0_correction == "wassr":
-        if args.wassr is None:
-            raise ValidationError("--b0-correction wassr needs --wassr FILE")
+    if args.wassr is not None:
         wassr = load_nifti(args.wassr)
         _grid_check(wassr, volume, f"--wassr {args.wassr}")
-        if args.wassr_offsets:
-            wassr_offsets = parse_offsets(args.wassr_offsets, name="--wassr-offsets", field=field)
-        else:
-            wassr_offsets = _sidecar_offsets(wassr.meta, field, str(args.wassr))
-            if wassr_offsets is None:
-                raise ProtocolError(f"--wassr {args.wassr}: no offsets; give --wassr-offsets "
-                                    "(e.g. '-1,-0.9,...,1ppm') or SaturationOffsets in its sidecar")
-        if wassr.data.ndim != 4 or wassr.data.shape[3] != len(wassr_offsets):
-            raise ProtocolError(f"--wassr {args.wassr}: {len(wassr_offsets)} WASSR offsets for "
-                                f"data of shape {wassr.data.shape}; give one offset per volume")
-        fit_kwargs["wassr"] = wassr.data
-    elif args.wassr is not None:
-        raise ValidationError(f"--wassr given with --b0-correction {b0_correction}; drop one")
-    ooi = parse_offsets(args.offsets_of_interest, name="--offsets-of-interest", field=field)
-    pools = [p.strip() for p in args.pools.split(",") if p.strip()]
-    model = CESTModel(protocol, method=args.method, b0_correction=b0_correction,
-                      offsets_of_interest=ooi, pools=pools, wassr_protocol=wassr_offsets)
+        options["wassr"] = wassr.data
+        field = args.field if args.field is not None else volume.meta.get("MagneticFieldStrength")
+        wassr_offsets = args.wassr_offsets or sidecar_offsets(
+            wassr.meta, None if field is None else float(field), str(args.wassr))
+        if wassr_offsets is None and args.b0_correction in (None, "wassr"):
+            raise ProtocolError(f"--wassr {args.wassr}: no offsets; give --wassr-offsets "
+                                "(e.g. '-1,-0.9,...,1ppm') or SaturationOffsets in its sidecar")
+        options["wassr_offsets"] = wassr_offsets
     mask = load_mask(args.mask, like=volume) if args.mask else None
-    start = time.perf_counter()
-    fit = model.fit(volume.data, mask=mask, **fit_kwargs)
-    seconds = time.perf_counter() - start
-
-    common = {
-        "Software": f"oncomri {__version__}",
-        "Model": "cest",
-        "Method": model.method,
-        "MethodReference": METHOD_REFERENCES[model.method],
-        "B0Correction": B0_REFERENCES[b0_correction],
-        "SaturationOffsets": protocol.offsets.tolist(),
-        "SaturationOffsetUnits": "ppm",
-        "M0Index": list(protocol.m0_indices),
-        "MagneticFieldStrength": protocol.magnetic_field_strength,
-        "SaturationB1": protocol.saturation_b1,
-        "SaturationDuration": protocol.saturation_duration,
-        "Sources": [str(Path(s).resolve()) for s in volume.sources],
-    }
-    if model.method == "lorentzian":
-        common["Pools"] = [p.name for p in model.pools]
+    result = CESTModel.fit_volume(volume, mask=mask, method=args.method, **options)
+    common = {**result.provenance, "Sources": [str(Path(s).resolve()) for s in volume.sources]}
     if args.mask:
         common["Mask"] = str(Path(args.mask).resolve())
     prefix = args.prefix or (derivative_prefix(volume.sources) if _is_nifti(args.inputs[0])
                              else series_prefix(volume))
-    written = write_derivatives(args.out, prefix, fit.output_maps(), reference=volume,
+    written = write_derivatives(args.out, prefix, result.maps, reference=volume,
                                 sidecar_common=common)
     if not args.quiet:
-        counts = fit.summary()
-        fitted = sum(v for k, v in counts.items() if k in ("ok", "not_converged", "at_bound"))
-        print(f"cest ({model.method}, B0 {b0_correction}): {fitted:,} voxels fitted, "
-              f"{counts.get('failed', 0) + counts.get('invalid_data', 0):,} failures, "
-              f"{counts.get('masked', 0):,} masked out, {seconds:.2f} s")
+        print(result.summary)
         print(f"wrote {len(written)} maps to {args.out}/{prefix}_*.nii.gz")
     return 0

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ProtocolError, ValidationError
-from ..core.protocols import DCEProtocol
 
 __all__ = ["add_arguments", "run"]
 
@@ -118,57 +117,6 @@ def _load(args):
     return volume
 
 
-def _frame_times(args, volume) -> np.ndarray:
-    from ..models.dsc import dynamic_protocol
-
-    n = volume.data.shape[-1]
-    label = volume.sources[0] if volume.sources else "input"
-    if args.times:
-        t = np.asarray(_quantity(args.times, name="--times"))
-        src = "--times"
-    elif args.temporal_resolution:
-        dt = _quantity(args.temporal_resolution, name="--temporal-resolution")[0]
-        if not dt > 0:
-            raise ProtocolError("--temporal-resolution must be positive")
-        t = np.arange(n) * dt
-        src = "--temporal-resolution"
-    elif getattr(volume.protocol, "times", None) is not None:
-        t = np.asarray(volume.protocol.times, float)
-        src = f"{label}: the series' acquisition times"
-    elif isinstance(volume.meta.get("FrameTimesStart"), list):
-        t = np.asarray(volume.meta["FrameTimesStart"], float)
-        src = f"{label}: sidecar FrameTimesStart"
-    else:
-        raise ProtocolError(f"{label}: no frame times (no FrameTimesStart in the sidecar); "
-                            "give --times or --temporal-resolution")
-    if t.size != n:
-        raise ProtocolError(f"{src} lists {t.size} frame times but the series has {n} frames")
-    # one line naming the source and the first frame out of order
-    return np.asarray(dynamic_protocol(t, source=src).times, float)
-
-
-def _protocol(args, volume, times) -> DCEProtocol:
-    meta = volume.meta
-    label = volume.sources[0] if volume.sources else "input"
-    fa = args.flip_angle if args.flip_angle is not None else meta.get("FlipAngle")
-    fa_src = "--flip-angle" if args.flip_angle is not None else f"{label}: FlipAngle"
-    if fa is None:
-        raise ProtocolError(f"{label}: no FlipAngle in the sidecar/headers; give --flip-angle "
-                            "in degrees")
-    try:
-        fa = float(fa)
-    except (TypeError, ValueError):
-        raise ProtocolError(f"{fa_src} {fa!r}: give one flip angle in degrees (e.g. 15)") from None
-    if fa < 1.0:
-        raise ProtocolError(f"{fa_src} {fa:g} looks like radians; give it in degrees (e.g. 15)")
-    tr = _quantity(args.tr, name="--tr")[0] if args.tr else meta.get("RepetitionTime")
-    if tr is None:
-        raise ProtocolError("no repetition time in the sidecar/headers; give --tr (e.g. '5ms')")
-    field = args.field if args.field is not None else meta.get("MagneticFieldStrength")
-    return DCEProtocol(times, np.deg2rad(fa), float(tr), args.baseline_frames,
-                       None if field is None else float(field), source="oncomri map dce")
-
-
 def _t1(args, volume):
     from ..io import load_nifti
     from ..core.volume import same_grid
@@ -187,110 +135,44 @@ def _t1(args, volume):
     raise ProtocolError("give the pre-contrast T1: --t1 VALUE (e.g. '1.4s') or --t1-map FILE")
 
 
+#: argparse dest -> option of :func:`oncomri.models.dce.fit_dce_volume` (same names).
+_OPTIONS = ("times", "temporal_resolution", "flip_angle", "tr", "field", "baseline_frames",
+            "input_kind", "agent", "relaxivity", "aif", "aif_auto", "aif_voxels", "t1_blood",
+            "hematocrit", "aif_onset", "aif_oversample", "fit_delay", "fit_domain", "iauc")
+
+
 def run(args) -> int:
-    """Run ``oncomri map dce`` for parsed ``args``; returns the exit status (0)."""
-    from .. import __version__
+    """Run ``oncomri map dce`` for parsed ``args``; returns the exit status (0).
+
+    Reads the files, then :meth:`oncomri.models.DCEModel.fit_volume` does the
+    conversion, the fit and the model-free measures (shared with the study
+    pipeline); the maps are written as BIDS derivatives.
+    """
     from ..io import derivative_prefix, load_mask, write_derivatives
     from ..io.bids import series_prefix
-    from ..models.aif import measured_aif, population_aif
-    from ..models.dce import (
-        DCEModel,
-        model_free_measures,
-        model_free_output_maps,
-        relaxivity,
-        signal_to_concentration,
-    )
+    from ..models.dce import DCEModel
 
     start = time.perf_counter()
     volume = _load(args)
-    times = _frame_times(args, volume)
+    options = {key: getattr(args, key) for key in _OPTIONS}
+    t1_label = None
+    if args.input_kind == "signal" and (args.t1 or args.t1_map):
+        options["t1"], t1_label = _t1(args, volume)
+        if args.t1_map:
+            options["t1"] = np.asarray(options["t1"])
     mask = load_mask(args.mask, like=volume) if args.mask else None
-    data = volume.data
-    is_signal = args.input_kind == "signal"
-    protocol = None
-    t1 = t1_label = r1 = None
-    if is_signal:
-        protocol = _protocol(args, volume, times)
-        t1, t1_label = _t1(args, volume)
-        if args.relaxivity is not None:
-            r1 = float(args.relaxivity)
-            if not r1 > 0:
-                raise ValidationError("--relaxivity must be positive, in 1/(mM s)")
-        elif args.agent:
-            r1 = relaxivity(args.agent, protocol.magnetic_field_strength)
-        else:
-            raise ProtocolError("give --agent NAME (with the field) or --relaxivity R1 in 1/(mM s)")
-        conc = signal_to_concentration(data, protocol, t1_baseline=t1, relaxivity=r1)
-    else:
-        if args.baseline_frames >= times.size:
-            raise ProtocolError(f"--baseline-frames {args.baseline_frames} leaves no dynamic frames")
-        conc = np.asarray(data)
-    nb = args.baseline_frames
-
-    # arterial input
-    if args.aif == "measured":
-        if args.aif_mask is None:
-            raise ValidationError("--aif measured needs --aif-mask FILE (arterial voxels or a "
-                                  "search region with --aif-auto)")
-        aif_mask = load_mask(args.aif_mask, like=volume)
-        if is_signal:
-            if not args.t1_blood:
-                raise ProtocolError("--aif measured needs the blood T1: --t1-blood VALUE (e.g. '1.6s')")
-            t1b = _quantity(args.t1_blood, name="--t1-blood")[0]
-            sub = data[aif_mask]
-            blood = signal_to_concentration(sub, protocol, t1_baseline=t1b, relaxivity=r1)
-        else:
-            blood = np.asarray(conc)[aif_mask]
-        aif = measured_aif(blood[:, None, None, :], times, np.ones(blood.shape[:1] + (1, 1), bool),
-                           hematocrit=args.hematocrit, auto_select=args.aif_auto,
-                           n_voxels=args.aif_voxels)
-    else:
-        if args.aif_mask is not None or args.aif_auto:
-            raise ValidationError("--aif-mask/--aif-auto apply to --aif measured only")
-        onset = (_quantity(args.aif_onset, name="--aif-onset")[0] if args.aif_onset
-                 else float(times[nb]))
-        aif = population_aif(args.aif, times, onset=onset, hematocrit=args.hematocrit,
-                             oversample=args.aif_oversample)
-
-    common = {"Software": f"oncomri {__version__}", "Sources": list(volume.sources),
-              "FrameTimes_s": [float(v) for v in times], "BaselineFrames": nb}
-    if is_signal:
-        common.update({"FlipAngle_deg": float(np.rad2deg(protocol.flip_angle)),
-                       "RepetitionTime_s": protocol.repetition_time,
-                       "MagneticFieldStrength_T": protocol.magnetic_field_strength,
-                       "Relaxivity_per_mM_s": r1, "T1Baseline": t1_label,
-                       "ContrastAgent": args.agent})
-    maps = {}
-    summary = ""
-    if args.kinetic_model != "none":
-        model = DCEModel(times if protocol is None else protocol, aif, method=args.kinetic_model,
-                         fit_delay=args.fit_delay)
-        domain = args.fit_domain or ("signal" if is_signal else "concentration")
-        if domain == "signal" and not is_signal:
-            raise ValidationError("--fit-domain signal needs --input-kind signal")
-        if domain == "signal":
-            fit = model.fit(data, mask=mask, t1_baseline=t1, relaxivity=r1)
-        else:
-            fit = model.fit(conc, mask=mask)
-        for key, (arr, side) in fit.output_maps().items():
-            maps[key] = (arr, {**side, "FitDomain": domain})
-        counts = fit.summary()
-        n_fitted = counts.get('ok', 0) + counts.get('at_bound', 0)
-        summary = (f"{args.kinetic_model}: {n_fitted:,} voxels fitted "
-                   f"({counts.get('at_bound', 0):,} at a bound, {counts.get('not_converged', 0):,} "
-                   f"not converged), {counts.get('failed', 0) + counts.get('invalid_data', 0):,} "
-                   f"failures, {counts.get('masked', 0):,} masked out")
-    windows = _quantity(args.iauc, name="--iauc", default_unit="s") if args.iauc.strip() else []
-    onset_mf = float(times[nb - 1])
-    measures = model_free_measures(conc, times, onset=onset_mf, iauc_times=windows, mask=mask)
-    maps.update(model_free_output_maps(measures, onset=onset_mf))
-
+    if args.aif_mask is not None:
+        options["aif_mask"] = load_mask(args.aif_mask, like=volume)
+    result = DCEModel.fit_volume(volume, mask=mask, method=args.kinetic_model, **options)
+    common = {**result.provenance, "Sources": list(volume.sources)}
+    if "T1Baseline" in common and t1_label is not None:
+        common["T1Baseline"] = t1_label
     from_nifti = all(str(p).endswith((".nii", ".nii.gz")) for p in args.inputs)
     prefix = args.prefix or (derivative_prefix(volume.sources) if from_nifti else series_prefix(volume))
-    written = write_derivatives(args.out, prefix, maps, reference=volume,
-                                sidecar_common={**common, "AIF": aif.description})
+    written = write_derivatives(args.out, prefix, result.maps, reference=volume,
+                                sidecar_common=common)
     if not getattr(args, "quiet", False):
-        if summary:
-            print(summary + f", {time.perf_counter() - start:.2f} s")
+        if result.summary:
+            print(result.summary + f", {time.perf_counter() - start:.2f} s")
         print(f"wrote {len(written)} maps to {args.out}/{prefix}_*.nii.gz")
     return 0

@@ -22,25 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import ProtocolError, ValidationError
-from ..core.protocols import DynamicProtocol
+from ..core.errors import ValidationError
 
 __all__ = ["add_arguments", "run"]
-
-_TIME_UNITS = {"s": 1.0, "ms": 1e-3}
-
-
-def _times(text: str, *, name: str, default_unit: str = "s") -> list[float]:
-    """``'30ms'``, ``'0,1.5,3 s'`` -> values in s."""
-    m = re.fullmatch(r"\s*([-+0-9.eE,\s]+?)\s*(ms|s)?\s*", text or "")
-    if not m:
-        raise ProtocolError(f"{name} {text!r}: give numbers with a unit, e.g. 30ms or 0,1.5,3s")
-    factor = _TIME_UNITS[m.group(2) or default_unit]
-    try:
-        return [float(v) * factor for v in re.split(r"[,\s]+", m.group(1).strip()) if v]
-    except ValueError:
-        raise ProtocolError(f"{name} {text!r}: not a comma-separated list of numbers") from None
-
 
 def _baseline(text: str):
     """``'10'`` (first 10 frames), ``'2-11'`` (frames 2..11) or ``'2,3,4'`` (0-based)."""
@@ -120,110 +104,41 @@ def _load(args):
     return volume
 
 
-def _frame_protocol(args, volume) -> DynamicProtocol:
-    from ..models.dsc import dynamic_protocol
-
-    n = volume.data.shape[-1]
-    src = str(args.inputs[0])
-    if args.frame_times and args.tr:
-        raise ValidationError("give --frame-times or --tr, not both")
-    if args.frame_times:
-        times = _times(args.frame_times, name="--frame-times")
-        where = "--frame-times"
-    elif args.tr:
-        tr = _times(args.tr, name="--tr")
-        if len(tr) != 1 or not tr[0] > 0:
-            raise ProtocolError(f"--tr {args.tr!r}: give one positive frame interval, e.g. 1.5s")
-        times = np.arange(n) * tr[0]
-        where = "--tr"
-    elif isinstance(volume.protocol, DynamicProtocol):
-        times = volume.protocol.times
-        where = f"{src} acquisition times"
-    elif volume.meta.get("FrameTimesStart") is not None:
-        times = volume.meta["FrameTimesStart"]
-        where = f"{src} sidecar FrameTimesStart"
-    elif _is_nifti(args.inputs[0]) and volume.meta.get("RepetitionTime"):
-        times = np.arange(n) * float(volume.meta["RepetitionTime"])
-        where = f"{src} sidecar RepetitionTime"
-    else:
-        raise ProtocolError(
-            f"{src}: no increasing frame times in the input; give --frame-times or --tr")
-    times = np.asarray(times, dtype=np.float64).reshape(-1)
-    if times.size != n:
-        raise ProtocolError(f"{where} lists {times.size} frame times but the series has {n} frames")
-    return dynamic_protocol(times, source=where)
-
-
-def _echo_time(args, volume) -> float:
-    if args.te:
-        te = _times(args.te, name="--te", default_unit="ms")
-        if len(te) != 1:
-            raise ProtocolError(f"--te {args.te!r}: give one echo time")
-        return te[0]
-    te = volume.meta.get("EchoTime")
-    if isinstance(te, (list, tuple)) and len(set(te)) == 1:
-        te = te[0]
-    if te is None or isinstance(te, (list, tuple)):
-        raise ProtocolError(f"{args.inputs[0]}: no single EchoTime in the input; give --te (e.g. 30ms)")
-    return float(te)
-
-
 def run(args) -> int:
     """Fit and write the DSC maps; returns the exit status (0). Bad input raises OncomriError."""
-    from .. import __version__
     from ..io import derivative_prefix, load_mask, write_derivatives
     from ..io.bids import series_prefix
     from ..models.dsc import DSCModel
 
     volume = _load(args)
-    protocol = _frame_protocol(args, volume)
-    te = _echo_time(args, volume)
-    window = None
-    if args.integration_window:
-        window = _times(args.integration_window, name="--integration-window")
-        if len(window) != 2:
-            raise ProtocolError(f"--integration-window {args.integration_window!r}: give start,stop")
-    options = {}
-    if args.oscillation_index is not None:
-        options["oscillation_index"] = args.oscillation_index
-    model = DSCModel(protocol, echo_time=te, method=args.method,
-                     baseline_frames=args.baseline_frames,
-                     leakage_correction=args.leakage_correction == "on",
-                     integration_window=window, hematocrit_factor=args.hematocrit_factor,
-                     **options)
     masks = {}
     for key in ("mask", "aif_mask", "reference_mask", "leakage_reference_mask", "lesion_mask"):
         path = getattr(args, key)
         masks[key] = load_mask(path, like=volume) if path else None
     if masks["lesion_mask"] is not None and masks["reference_mask"] is None:
         raise ValidationError("--lesion-mask needs --reference-mask (rCBV is relative to it)")
-    fit = model.fit(volume.data, mask=masks["mask"], aif_mask=masks["aif_mask"],
-                    reference_mask=masks["reference_mask"],
-                    leakage_reference_mask=masks["leakage_reference_mask"])
+    result = DSCModel.fit_volume(
+        volume, mask=masks["mask"], method=args.method, te=args.te, frame_times=args.frame_times,
+        tr=args.tr, baseline_frames=args.baseline_frames,
+        leakage_correction=args.leakage_correction == "on",
+        oscillation_index=args.oscillation_index, integration_window=args.integration_window,
+        hematocrit_factor=args.hematocrit_factor, aif_mask=masks["aif_mask"],
+        reference_mask=masks["reference_mask"],
+        leakage_reference_mask=masks["leakage_reference_mask"])
+    fit = result.fit
 
     prefix = args.prefix or (derivative_prefix(volume.sources) if _is_nifti(args.inputs[0])
                              else series_prefix(volume))
     common = {
-        "Software": "oncomri", "SoftwareVersion": __version__, "Model": "dsc",
-        "EchoTimeUnits": "s",
-        "FrameTimes": protocol.times.tolist(), "FrameTimesUnits": "s",
-        "FrameTimesSource": protocol.source,
-        "AIF": "mean ΔR2* of --aif-mask" if masks["aif_mask"] is not None else None,
+        **result.provenance,
         "Sources": [str(Path(s).resolve()) for s in volume.sources],
         **{f"{k.title().replace('_', '')}": (str(getattr(args, k).resolve()) if getattr(args, k) else None)
            for k in ("mask", "aif_mask", "reference_mask", "leakage_reference_mask")},
-        "Notes": list(volume.meta.get("notes", [])),
     }
-    written = write_derivatives(args.out, prefix, fit.output_maps(), reference=volume,
+    written = write_derivatives(args.out, prefix, result.maps, reference=volume,
                                 sidecar_common=common)
     if not args.quiet:
-        counts = fit.summary()
-        print(f"dsc ({model.method if fit.has_aif else 'no AIF'}; leakage correction "
-              f"{args.leakage_correction}): {counts.get('ok', 0):,} voxels ok, "
-              f"{counts.get('failed', 0) + counts.get('invalid_data', 0):,} failed, "
-              f"{counts.get('masked', 0):,} masked out; baseline frames "
-              f"{int(fit.baseline_frames[0])}-{int(fit.baseline_frames[-1])}, "
-              f"{fit.n_leakage_reference:,} leakage-reference voxels")
+        print(result.summary)
         print(f"wrote {len(written)} maps to {args.out}/{prefix}_*.nii.gz")
     if masks["lesion_mask"] is not None:
         from ..roi.celltracking import classify_rcbv

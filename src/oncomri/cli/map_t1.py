@@ -21,26 +21,18 @@ the fix (the ``oncomri`` command prints it and exits with status 2).
 from __future__ import annotations
 
 import argparse
-import math
-import re
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import GeometryError, ProtocolError, ValidationError
-from ..core.protocols import InversionRecoveryProtocol, VariableFlipAngleProtocol
 from ..core.volume import Volume, same_grid
 
 __all__ = ["add_arguments", "run", "parse_flip_angles", "parse_times"]
 
+#: Methods of oncomri.models.t1 (kept here so that --help does not import the models).
 VFA_METHODS = ("nonlinear", "linear")
 IR_METHODS = ("three_parameter", "two_parameter", "look_locker")
-_TIME_UNITS = {"s": 1.0, "ms": 1e-3}
-
-#: Longest plausible spoiled-gradient-echo TR in s: a longer value is milliseconds.
-MAX_VFA_TR_S = 1.0
-#: Longest plausible inversion time in s.
-MAX_TI_S = 30.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,57 +63,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------- parsing
-
-
-def _split_value_unit(text: str, name: str):
-    m = re.fullmatch(r"\s*([-+0-9.eE,\s]+?)\s*([A-Za-z°µ]*)\s*", text or "")
-    if not m:
-        raise ProtocolError(f"{name} {text!r}: not a comma-separated list of numbers with a unit")
-    try:
-        values = [float(v) for v in re.split(r"[,\s]+", m.group(1).strip()) if v]
-    except ValueError:
-        raise ProtocolError(f"{name} {text!r}: not a comma-separated list of numbers") from None
-    if not values:
-        raise ProtocolError(f"{name} {text!r}: no value given")
-    return values, m.group(2)
+# (the parsers live with the model, shared with the study pipeline)
 
 
 def parse_flip_angles(text: str, *, name: str = "--flip-angles") -> np.ndarray:
-    """``'2,5,10,15deg'`` -> flip angles in degrees (the unit ``deg`` is required)."""
-    values, unit = _split_value_unit(text, name)
-    if unit not in ("deg", "°"):
-        raise ProtocolError(f"{name} {text!r}: give the flip angles in degrees with the unit, "
-                            "e.g. '2,5,10,15deg'")
-    return check_degrees(values, source=name)
+    """``'2,5,10,15deg'`` -> flip angles in degrees (:func:`oncomri.models.t1.parse_flip_angles`)."""
+    from ..models.t1 import parse_flip_angles as parse
 
-
-def check_degrees(values, *, source: str) -> np.ndarray:
-    """Flip angles expected in degrees; a set that looks like radians is an error.
-
-    Every variable-flip-angle protocol reaches well above pi degrees (the
-    largest angle sits past the Ernst angle, >= ~10 deg), while flip angles
-    in radians never exceed pi; so a set whose largest value is <= pi was
-    given in radians.
-    """
-    fa = np.asarray(values, dtype=np.float64).reshape(-1)
-    if fa.size == 0 or not np.all(np.isfinite(fa)) or np.any(fa <= 0):
-        raise ProtocolError(f"{source}: flip angles must be positive numbers in degrees, "
-                            f"got {fa.tolist()}")
-    if fa.max() <= math.pi:
-        raise ProtocolError(
-            f"{source}: flip angles {[round(v, 4) for v in fa.tolist()]} look like radians "
-            "(all <= pi); give them in degrees, e.g. '2,5,10,15deg'")
-    if fa.max() > 180:
-        raise ProtocolError(f"{source}: flip angles up to {fa.max():g} deg exceed 180 deg")
-    return fa
+    return parse(text, name=name)
 
 
 def parse_times(text: str, *, name: str):
-    """``'5ms'`` or ``'50,100,200ms'`` -> list of seconds (unit s or ms required)."""
-    values, unit = _split_value_unit(text, name)
-    if unit not in _TIME_UNITS:
-        raise ProtocolError(f"{name} {text!r}: give a unit, s or ms (e.g. '5ms')")
-    return [v * _TIME_UNITS[unit] for v in values]
+    """``'5ms'`` or ``'50,100,200ms'`` -> list of seconds (:func:`oncomri.models.t1.parse_times`)."""
+    from ..models.t1 import parse_times as parse
+
+    return parse(text, name=name)
 
 
 # ----------------------------------------------------------------- loading
@@ -157,104 +113,18 @@ def _load_series(args) -> tuple[Volume, list]:
     return vol, [v.meta for v in vols]
 
 
-def _sidecar_list(metas: list, key: str, n: int, source: str):
-    """A per-volume list from one sidecar (a list) or one sidecar per file (scalars)."""
+def _merge_sidecars(vol: Volume, metas: list) -> None:
+    """Per-file sidecars (one 3D file per flip angle / inversion time) as one
+    sidecar with a list per key (the first value of each file), as a 4D file has."""
     if len(metas) == 1:
-        value = metas[0].get(key)
-        if value is None:
-            return None
-        values = np.atleast_1d(np.asarray(value, dtype=np.float64)).reshape(-1)
-    else:
+        return
+    for key in ("FlipAngle", "InversionTime", "RepetitionTime"):
         raw = [m.get(key) for m in metas]
         if any(v is None for v in raw):
-            return None
-        values = np.asarray([float(np.atleast_1d(v)[0]) for v in raw])
-    if values.size not in (1, n):
-        raise ProtocolError(f"{source}: {key} lists {values.size} value(s) for {n} volumes; "
-                            "give one per volume")
-    return values
-
-
-def _scalar_sidecar(metas, key):
-    values = [m.get(key) for m in metas if m.get(key) is not None]
-    if not values:
-        return None
-    vals = np.concatenate([np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in values])
-    return float(vals[0])
-
-
-def _sorted(values, data):
-    order = np.argsort(values, kind="stable")
-    if np.all(order == np.arange(order.size)):
-        return np.asarray(values), data
-    return np.asarray(values)[order], data[..., order]
-
-
-def _vfa_inputs(args, vol, metas, n):
-    proto = vol.protocol if isinstance(vol.protocol, VariableFlipAngleProtocol) else None
-    label = args.inputs[0]
-    if args.flip_angles:
-        fa_deg = parse_flip_angles(args.flip_angles)
-        source = "--flip-angles"
-    elif proto is not None:
-        fa_deg = np.rad2deg(proto.flip_angles)
-        source = f"{label}: FlipAngle"
-    else:
-        fa_deg = _sidecar_list(metas, "FlipAngle", n, f"{label} sidecar")
-        if fa_deg is None or (fa_deg.size == 1 and n > 1):
-            raise ProtocolError(f"{label}: no flip angle per volume in the sidecar; give "
-                                "--flip-angles with a unit, e.g. '2,5,10,15deg'")
-        source = f"{label} sidecar FlipAngle"
-        fa_deg = check_degrees(fa_deg, source=source)
-    if fa_deg.size != n:
-        raise ProtocolError(f"{source}: {fa_deg.size} flip angles for {n} volumes; give one per "
-                            "volume")
-    if args.tr:
-        tr = parse_times(args.tr, name="--tr")
-        if isinstance(tr, list) and len(tr) != 1:
-            raise ProtocolError(f"--tr {args.tr!r}: give one repetition time")
-        tr = tr[0]
-        tr_source = "--tr"
-    elif proto is not None:
-        tr, tr_source = float(proto.repetition_time), f"{label}: RepetitionTime"
-    else:
-        tr = _scalar_sidecar(metas, "RepetitionTime")
-        tr_source = f"{label} sidecar RepetitionTime"
-        if tr is None:
-            raise ProtocolError(f"{label}: no RepetitionTime in the sidecar; give --tr, e.g. '5ms'")
-    if not (np.isfinite(tr) and tr > 0):
-        raise ProtocolError(f"{tr_source}: repetition time {tr!r} s must be positive")
-    if tr > MAX_VFA_TR_S:
-        raise ProtocolError(f"{tr_source}: repetition time {tr:g} s is implausible for a spoiled "
-                            "gradient echo; it looks like milliseconds (BIDS wants seconds)")
-    fa_deg, data = _sorted(fa_deg, vol.data)
-    protocol = VariableFlipAngleProtocol(np.deg2rad(fa_deg), float(tr), source=source)
-    return protocol, data
-
-
-def _ir_inputs(args, vol, metas, n):
-    proto = vol.protocol if isinstance(vol.protocol, InversionRecoveryProtocol) else None
-    label = args.inputs[0]
-    if args.inversion_times:
-        ti = np.asarray(parse_times(args.inversion_times, name="--inversion-times"), float)
-        source = "--inversion-times"
-    elif proto is not None:
-        ti, source = np.asarray(proto.inversion_times), f"{label}: InversionTime"
-    else:
-        ti = _sidecar_list(metas, "InversionTime", n, f"{label} sidecar")
-        source = f"{label} sidecar InversionTime"
-        if ti is None or (ti.size == 1 and n > 1):
-            raise ProtocolError(f"{label}: no inversion time per volume in the sidecar; give "
-                                "--inversion-times with a unit, e.g. '50,100,200,400,800ms'")
-    ti = np.atleast_1d(ti)
-    if ti.size != n:
-        raise ProtocolError(f"{source}: {ti.size} inversion times for {n} volumes; give one "
-                            "per volume")
-    if ti.max() > MAX_TI_S:
-        raise ProtocolError(f"{source}: inversion times up to {ti.max():g} s look like "
-                            "milliseconds; give seconds (or a unit on the command line)")
-    ti, data = _sorted(ti, vol.data)
-    return InversionRecoveryProtocol(ti, source=source), data
+            vol.meta.pop(key, None)
+        else:
+            vol.meta[key] = [float(np.atleast_1d(np.asarray(v, dtype=np.float64))[0])
+                             for v in raw]
 
 
 def _load_b1(args, vol) -> np.ndarray:
@@ -277,11 +147,14 @@ def _load_b1(args, vol) -> np.ndarray:
 
 
 def run(args) -> int:
-    """Fit the T1 series named by ``args`` and write the maps; returns 0."""
-    from .. import __version__
+    """Fit the T1 series named by ``args`` and write the maps; returns 0.
+
+    Files are read here; :func:`oncomri.models.t1.fit_t1_volume` (shared
+    with the study pipeline) builds the protocol and fits.
+    """
     from ..io import derivative_prefix, load_mask, write_derivatives
     from ..io.bids import series_prefix
-    from ..models.t1 import IRModel, VFAModel
+    from ..models.t1 import fit_t1_volume
 
     method = args.method
     if method is not None and method not in VFA_METHODS + IR_METHODS:
@@ -294,44 +167,18 @@ def run(args) -> int:
     if vol.data.ndim != 4 or vol.data.shape[-1] < 2:
         raise ValidationError(f"{args.inputs[0]}: has shape {vol.data.shape}; a T1 series needs "
                               "several volumes (flip angles or inversion times) on the 4th axis")
-    n = vol.data.shape[-1]
-    is_ir = (bool(args.inversion_times) or method in IR_METHODS
-             or isinstance(vol.protocol, InversionRecoveryProtocol))
-    if not (is_ir or args.flip_angles or isinstance(vol.protocol, VariableFlipAngleProtocol)):
-        ti = _sidecar_list(metas, "InversionTime", n, f"{args.inputs[0]} sidecar")
-        fa = _sidecar_list(metas, "FlipAngle", n, f"{args.inputs[0]} sidecar")
-        is_ir = ti is not None and ti.size == n and (fa is None or fa.size != n)
-    if is_ir and method in VFA_METHODS:
-        raise ValidationError(f"--method {method} is a VFA method but the series is inversion "
-                              f"recovery; choose one of {', '.join(IR_METHODS)}")
-    if is_ir and args.b1:
-        raise ValidationError("--b1 applies to variable flip angle series only")
-
+    _merge_sidecars(vol, metas)
     mask = load_mask(args.mask, like=vol) if args.mask else None
-    if is_ir:
-        protocol, data = _ir_inputs(args, vol, metas, n)
-        model = IRModel(protocol, method=method, signal=args.signal)
-        fit = model.fit(data, mask=mask)
-        kind = "inversion recovery"
-    else:
-        protocol, data = _vfa_inputs(args, vol, metas, n)
-        b1 = _load_b1(args, vol) if args.b1 else None
-        model = VFAModel(protocol, method=method)
-        fit = model.fit(data, mask=mask, b1=b1)
-        kind = "variable flip angle"
-
+    b1 = _load_b1(args, vol) if args.b1 else None
+    result = fit_t1_volume(vol, None, mask=mask, method=method, label=str(args.inputs[0]),
+                           flip_angles=args.flip_angles, tr=args.tr, b1=b1,
+                           inversion_times=args.inversion_times, signal=args.signal)
     prefix = args.prefix or (derivative_prefix(vol.sources) if all(_is_nifti(p) for p in args.inputs)
                              else series_prefix(vol))
-    common = {"Software": f"oncomri {__version__}", "Model": f"T1 {kind}",
-              "Method": model.method, "Sources": [str(p) for p in args.inputs]}
+    common = {**result.provenance, "Sources": [str(p) for p in args.inputs]}
     if args.b1:
         common["B1Map"] = str(args.b1)
-    written = write_derivatives(args.out, prefix, fit.output_maps(), reference=vol,
+    written = write_derivatives(args.out, prefix, result.maps, reference=vol,
                                 sidecar_common=common)
-    counts = fit.summary()
-    fitted = sum(v for k, v in counts.items() if k in ("ok", "not_converged", "at_bound"))
-    print(f"t1 ({kind}, {model.method}): {fitted:,} voxels fitted "
-          f"({counts.get('at_bound', 0):,} at a bound, {counts.get('not_converged', 0):,} not "
-          f"converged), {counts.get('failed', 0) + counts.get('invalid_data', 0):,} not fittable; "
-          f"{len(written)} maps in {args.out}")
+    print(f"{result.summary}; {len(written)} maps in {args.out}")
     return 0

@@ -93,6 +93,10 @@ __all__ = [
     "offset_label",
     "CESTModel",
     "CESTFit",
+    "fit_cest_volume",
+    "parse_offsets",
+    "sidecar_offsets",
+    "CEST_VOLUME_OPTIONS",
 ]
 
 
@@ -643,6 +647,13 @@ class CESTModel(Model):
                     f"Lorentzian parameters ({len(self.pools)} pools); acquire more offsets or "
                     "use fewer pools")
 
+    @classmethod
+    def fit_volume(cls, volume, *, mask=None, method=None, names=None, progress=None,
+                   **options):
+        """Fit a loaded CEST series from plain options: see :func:`fit_cest_volume`."""
+        return fit_cest_volume(volume, mask=mask, method=method, names=names, progress=progress,
+                               **options)
+
     # -- B0 inputs ---------------------------------------------------------
 
     def _b0_from_map(self, b0_map, b0_unit, spatial):
@@ -960,3 +971,233 @@ class CESTFit(Fit):
             "Levels": {str(k): v for k, v in STATUS_DESCRIPTIONS.items()}})
         return out
 
+
+
+# --------------------------------------------------------------------------
+# From a Volume (shared by `oncomri map cest` and the study pipeline)
+# --------------------------------------------------------------------------
+
+#: Options of :func:`fit_cest_volume` and their defaults (the ``oncomri map cest`` flags).
+CEST_VOLUME_OPTIONS = {
+    "offsets": None, "m0_index": None, "field": None, "b0_correction": None, "b0_map": None,
+    "b0_unit": None, "wassr": None, "wassr_offsets": None,
+    "offsets_of_interest": "0.4,2,3.5ppm", "pools": "water,amide,amine,noe,mt", "method": None,
+}
+
+
+def parse_offsets(text, *, name: str, field: float | None = None,
+                  field_name: str = "--field") -> list[float]:
+    """Offsets in ppm from ``'-300,-3.5,0,3.5ppm'`` (or ``...Hz`` with a field in T).
+
+    A list of numbers is taken as ppm. ``name`` and ``field_name`` name the
+    option and the field strength in messages.
+    """
+    if isinstance(text, (list, tuple, np.ndarray)):
+        try:
+            return [float(v) for v in np.asarray(text, dtype=np.float64).reshape(-1)]
+        except (TypeError, ValueError):
+            raise ProtocolError(f"{name} {text!r}: give numbers in ppm") from None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return [float(text)]
+    m = re.fullmatch(r"\s*([-+0-9.eE,\s]+?)\s*(ppm|Hz|hz)?\s*", text if isinstance(text, str) else "")
+    if not m:
+        raise ProtocolError(f"{name} {text!r}: not a comma-separated list of numbers with a unit "
+                            "(e.g. '-300,-3.5,0,3.5ppm')")
+    unit = m.group(2)
+    if unit is None:
+        raise ProtocolError(f"{name} {text!r}: give the unit, ppm or Hz (e.g. '0.4,2,3.5ppm')")
+    try:
+        values = [float(v) for v in re.split(r"[,\s]+", m.group(1).strip()) if v]
+    except ValueError:
+        raise ProtocolError(f"{name} {text!r}: not a comma-separated list of numbers") from None
+    if not values:
+        raise ProtocolError(f"{name} {text!r}: no value given")
+    if unit.lower() == "hz":
+        if field is None:
+            raise ProtocolError(f"{name} in Hz need the field strength to convert to ppm; give "
+                                f"{field_name}")
+        values = [v / (PROTON_HZ_PER_PPM_PER_T * field) for v in values]
+    return values
+
+
+def sidecar_offsets(meta, field, where, *, field_name: str = "--field"):
+    """Offsets in ppm from a BIDS sidecar (``SaturationOffsets`` in ppm or
+    ``SaturationOffsetsHz``), or None when it has neither."""
+    if "SaturationOffsets" in meta:
+        values = meta["SaturationOffsets"]
+        unit = "ppm"
+    elif "SaturationOffsetsHz" in meta:
+        values = meta["SaturationOffsetsHz"]
+        unit = "Hz"
+    else:
+        return None
+    try:
+        values = [float(v) for v in np.atleast_1d(values)]
+    except (TypeError, ValueError):
+        raise ProtocolError(f"{where}: sidecar SaturationOffsets must be a list of numbers") from None
+    if unit == "Hz":
+        if field is None:
+            raise ProtocolError(f"{where}: SaturationOffsetsHz need the field strength; give "
+                                f"{field_name}")
+        values = [v / (PROTON_HZ_PER_PPM_PER_T * field) for v in values]
+    return values
+
+
+def _m0_index_option(value, name):
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return [int(value)]
+    try:
+        if isinstance(value, (list, tuple)):
+            return [int(v) for v in value]
+        return [int(v) for v in re.split(r"[,\s]+", str(value).strip()) if v]
+    except (TypeError, ValueError):
+        raise ProtocolError(f"{name} {value!r}: give 0-based volume indices, e.g. 0 or 0,61") from None
+
+
+def fit_cest_volume(volume, *, mask=None, method=None, names=None, progress=None, **options):
+    """Fit a loaded CEST series (``oncomri map cest``, study ``maps``).
+
+    Offsets come from ``offsets`` or the sidecar (``SaturationOffsets`` in
+    ppm or ``SaturationOffsetsHz``); the field from ``field`` or the sidecar
+    ``MagneticFieldStrength``. The model and its references: :class:`CESTModel`.
+
+    Parameters
+    ----------
+    volume : Volume
+        4D series, one volume per saturation offset (M0 included).
+    mask : bool ndarray, optional
+    method : {'mtrasym', 'lorentzian'}, optional
+    names : None, str or callable
+        How messages name the options (:class:`oncomri.models.volume_fit.Options`).
+    **options
+        ``offsets`` (list in ppm, or ``'-300,...,6ppm'`` / ``'...Hz'``),
+        ``m0_index`` (0-based index or list; default every |offset| >= 100
+        ppm), ``field`` (T, or ``'3T'``), ``b0_correction`` (one of
+        :data:`B0_CORRECTIONS`; default ``map`` with ``b0_map``, ``wassr``
+        with ``wassr``, else ``minimum``), ``b0_map`` (array on the grid) and
+        ``b0_unit`` (``'Hz'`` or ``'ppm'``), ``wassr`` (4D array on the grid)
+        and ``wassr_offsets`` (ppm list or text), ``offsets_of_interest``
+        (ppm, default ``'0.4,2,3.5ppm'``), ``pools`` (names, water first).
+
+    Returns
+    -------
+    VolumeFit
+    """
+    import time
+
+    from .. import __version__
+    from .volume_fit import Options, VolumeFit
+
+    opts = Options({**options, "method": method}, CEST_VOLUME_OPTIONS, model="cest", names=names)
+    data = volume.data
+    where = str(volume.sources[0]) if volume.sources else "input"
+    if data.ndim != 4 or data.shape[3] < 4:
+        raise ValidationError(f"{where}: a CEST series needs one volume per offset on the 4th "
+                              f"axis, got shape {data.shape}")
+    meta = volume.meta
+    field_name = opts.name("field")
+    if opts.given("field"):
+        value = opts["field"]
+        m = re.fullmatch(r"\s*([0-9.eE+]+)\s*(T)?\s*", value) if isinstance(value, str) else None
+        try:
+            field = float(m.group(1)) if m else float(value) if not isinstance(value, str) else float("nan")
+        except (TypeError, ValueError):
+            field = float("nan")
+        if not (np.isfinite(field) and field > 0):
+            raise ProtocolError(f"{field_name} {value!r}: give the field strength in tesla, e.g. 3T")
+    else:
+        field = meta.get("MagneticFieldStrength")
+        if field is not None and not (np.isfinite(float(field)) and float(field) > 0):
+            raise ProtocolError(f"{where}: MagneticFieldStrength {field!r}: give the field "
+                                f"strength in tesla with {field_name}, e.g. 3T")
+        field = None if field is None else float(field)
+    if opts.given("offsets"):
+        offsets = parse_offsets(opts["offsets"], name=opts.name("offsets"), field=field,
+                                field_name=field_name)
+        offsets_source = opts.name("offsets")
+    else:
+        offsets = sidecar_offsets(meta, field, where, field_name=field_name)
+        if offsets is None:
+            raise ProtocolError(
+                f"{where}: no saturation offsets; give {opts.name('offsets')} (e.g. "
+                "'-300,-6,...,6ppm'), or SaturationOffsets (ppm) in the sidecar")
+        offsets_source = f"{where} sidecar"
+    n = data.shape[3]
+    if len(offsets) != n:
+        raise ProtocolError(
+            f"{offsets_source}: {len(offsets)} offsets for {n} volumes of {where}; "
+            "give one offset per volume, M0 included")
+    protocol = CESTProtocol(offsets, m0_index=_m0_index_option(opts["m0_index"], opts.name("m0_index")),
+                            magnetic_field_strength=field,
+                            saturation_b1=meta.get("SaturationB1"),
+                            saturation_duration=meta.get("SaturationDuration"),
+                            source=offsets_source)
+    b0_correction = opts.choice("b0_correction", B0_CORRECTIONS) or (
+        "map" if opts.given("b0_map") else "wassr" if opts.given("wassr") else "minimum")
+    fit_kwargs = {}
+    wassr_offsets = None
+    if b0_correction == "map":
+        if not opts.given("b0_map"):
+            raise ValidationError(f"{opts.name('b0_correction')} map needs {opts.name('b0_map')}"
+                                  + (" FILE" if names is None else ""))
+        unit = opts["b0_unit"]
+        if unit not in ("Hz", "ppm"):
+            raise ProtocolError(f"{opts.name('b0_map')}: its unit is unknown; give "
+                                f"{opts.name('b0_unit')} Hz or ppm")
+        b0 = np.asarray(opts["b0_map"])
+        fit_kwargs.update(b0_map=b0[..., 0] if b0.ndim == 4 else b0, b0_unit=unit)
+    elif opts.given("b0_map"):
+        raise ValidationError(f"{opts.name('b0_map')} given with {opts.name('b0_correction')} "
+                              f"{b0_correction}; drop one")
+    if b0_correction == "wassr":
+        if not opts.given("wassr"):
+            raise ValidationError(f"{opts.name('b0_correction')} wassr needs {opts.name('wassr')}"
+                                  + (" FILE" if names is None else ""))
+        if not opts.given("wassr_offsets"):
+            raise ProtocolError(f"{opts.name('wassr')}: no offsets; give "
+                                f"{opts.name('wassr_offsets')} (e.g. '-1,-0.9,...,1ppm')")
+        wassr_offsets = parse_offsets(opts["wassr_offsets"], name=opts.name("wassr_offsets"),
+                                      field=field, field_name=field_name)
+        wassr = np.asarray(opts["wassr"])
+        if wassr.ndim != 4 or wassr.shape[3] != len(wassr_offsets):
+            raise ProtocolError(f"{opts.name('wassr')}: {len(wassr_offsets)} WASSR offsets for "
+                                f"data of shape {wassr.shape}; give one offset per volume")
+        fit_kwargs["wassr"] = wassr
+    elif opts.given("wassr"):
+        raise ValidationError(f"{opts.name('wassr')} given with {opts.name('b0_correction')} "
+                              f"{b0_correction}; drop one")
+    ooi = parse_offsets(opts["offsets_of_interest"], name=opts.name("offsets_of_interest"),
+                        field=field, field_name=field_name)
+    pools = opts["pools"]
+    if isinstance(pools, str):
+        pools = [p.strip() for p in pools.split(",") if p.strip()]
+    model = CESTModel(protocol, method=opts.choice("method", tuple(_METHODS)),
+                      b0_correction=b0_correction, offsets_of_interest=ooi, pools=pools,
+                      wassr_protocol=wassr_offsets)
+    start = time.perf_counter()
+    fit = model.fit(data, mask=mask, progress=progress, **fit_kwargs)
+    seconds = time.perf_counter() - start
+    common = {
+        "Software": f"oncomri {__version__}",
+        "Model": "cest",
+        "Method": model.method,
+        "MethodReference": METHOD_REFERENCES[model.method],
+        "B0Correction": B0_REFERENCES[b0_correction],
+        "SaturationOffsets": protocol.offsets.tolist(),
+        "SaturationOffsetUnits": "ppm",
+        "M0Index": list(protocol.m0_indices),
+        "MagneticFieldStrength": protocol.magnetic_field_strength,
+        "SaturationB1": protocol.saturation_b1,
+        "SaturationDuration": protocol.saturation_duration,
+    }
+    if model.method == "lorentzian":
+        common["Pools"] = [p.name for p in model.pools]
+    counts = fit.summary()
+    fitted = sum(v for k, v in counts.items() if k in ("ok", "not_converged", "at_bound"))
+    summary = (f"cest ({model.method}, B0 {b0_correction}): {fitted:,} voxels fitted, "
+               f"{counts.get('failed', 0) + counts.get('invalid_data', 0):,} failures, "
+               f"{counts.get('masked', 0):,} masked out, {seconds:.2f} s")
+    return VolumeFit(fit=fit, model=model, maps=fit.output_maps(), provenance=common,
+                     summary=summary)

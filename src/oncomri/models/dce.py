@@ -98,6 +98,8 @@ __all__ = [
     "two_compartment_uptake",
     "model_free_measures",
     "model_free_output_maps",
+    "fit_dce_volume",
+    "DCE_VOLUME_OPTIONS",
     "DCEModel",
     "DCEFit",
     "DCE_METHODS",
@@ -1072,6 +1074,13 @@ class DCEModel(Model):
     def parameter_names(self) -> tuple:
         return self._method.params
 
+    @classmethod
+    def fit_volume(cls, volume, *, mask=None, method=None, names=None, progress=None,
+                   **options):
+        """Fit a loaded DCE series from plain options: see :func:`fit_dce_volume`."""
+        return fit_dce_volume(volume, mask=mask, method=method, names=names, progress=progress,
+                              **options)
+
     def fit(self, data, *, mask=None, t1_baseline=None, relaxivity=None,
             progress=None) -> "DCEFit":
         """Fit every voxel's concentration curve, or its signal curve.
@@ -1303,3 +1312,251 @@ def model_free_output_maps(measures: dict, *, onset: float, units: str = "mM") -
             out[f"{name.upper() if name == 'ttp' else name}map"] = (arr, {"Units": unit, "Description": desc,
                                                                           "Onset_s": onset})
     return out
+
+
+# ---------------------------------------------------------------------------- from a Volume
+
+#: Options of :func:`fit_dce_volume` and their defaults (the ``oncomri map dce`` flags).
+DCE_VOLUME_OPTIONS = {
+    "times": None, "temporal_resolution": None, "flip_angle": None, "tr": None, "field": None,
+    "baseline_frames": 5, "input_kind": "signal", "t1": None, "agent": None, "relaxivity": None,
+    "aif": "parker", "aif_mask": None, "aif_auto": False, "aif_voxels": 10, "t1_blood": None,
+    "hematocrit": 0.42, "aif_onset": None, "aif_oversample": 4, "fit_delay": False,
+    "fit_domain": None, "iauc": "60,90", "method": None,
+}
+_TIME_UNITS = {"s": 1.0, "ms": 1e-3, "min": 60.0}
+
+
+def _dce_frame_times(volume, opts) -> np.ndarray:
+    from .volume_fit import quantity
+    from .dsc import dynamic_protocol
+
+    n = volume.data.shape[-1]
+    label = volume.sources[0] if volume.sources else "input"
+    if opts.given("times"):
+        t = np.asarray(quantity(opts["times"], name=opts.name("times"), units=_TIME_UNITS))
+        src = opts.name("times")
+    elif opts.given("temporal_resolution"):
+        dt = quantity(opts["temporal_resolution"], name=opts.name("temporal_resolution"),
+                      units=_TIME_UNITS)[0]
+        if not dt > 0:
+            raise ProtocolError(f"{opts.name('temporal_resolution')} must be positive")
+        t = np.arange(n) * dt
+        src = opts.name("temporal_resolution")
+    elif getattr(volume.protocol, "times", None) is not None:
+        t = np.asarray(volume.protocol.times, float)
+        src = f"{label}: the series' acquisition times"
+    elif isinstance(volume.meta.get("FrameTimesStart"), list):
+        t = np.asarray(volume.meta["FrameTimesStart"], float)
+        src = f"{label}: sidecar FrameTimesStart"
+    else:
+        raise ProtocolError(f"{label}: no frame times (no FrameTimesStart in the sidecar); "
+                            f"give {opts.name('times')} or {opts.name('temporal_resolution')}")
+    if t.size != n:
+        raise ProtocolError(f"{src} lists {t.size} frame times but the series has {n} frames")
+    # one line naming the source and the first frame out of order
+    return np.asarray(dynamic_protocol(t, source=src).times, float)
+
+
+def _dce_protocol(volume, opts, times) -> DCEProtocol:
+    from .volume_fit import quantity
+
+    meta = volume.meta
+    label = volume.sources[0] if volume.sources else "input"
+    given = opts.given("flip_angle")
+    fa = opts["flip_angle"] if given else meta.get("FlipAngle")
+    fa_src = opts.name("flip_angle") if given else f"{label}: FlipAngle"
+    if fa is None:
+        raise ProtocolError(f"{label}: no FlipAngle in the sidecar/headers; give "
+                            f"{opts.name('flip_angle')} in degrees")
+    try:
+        if isinstance(fa, bool):
+            raise TypeError
+        fa = float(fa)
+    except (TypeError, ValueError):
+        raise ProtocolError(f"{fa_src} {fa!r}: give one flip angle in degrees (e.g. 15)") from None
+    if fa < 1.0:
+        raise ProtocolError(f"{fa_src} {fa:g} looks like radians; give it in degrees (e.g. 15)")
+    if opts.given("tr"):
+        tr = quantity(opts["tr"], name=opts.name("tr"), units=_TIME_UNITS)[0]
+    else:
+        tr = meta.get("RepetitionTime")
+    if tr is None:
+        raise ProtocolError(f"no repetition time in the sidecar/headers; give {opts.name('tr')} "
+                            "(e.g. '5ms')")
+    field = opts.number("field", positive=True) if opts.given("field") else \
+        meta.get("MagneticFieldStrength")
+    nb = opts.number("baseline_frames", integer=True, minimum=1)
+    return DCEProtocol(times, np.deg2rad(fa), float(tr), nb,
+                       None if field is None else float(field), source="oncomri map dce")
+
+
+def fit_dce_volume(volume, *, mask=None, method=None, names=None, progress=None, **options):
+    """Convert, fit and measure a loaded DCE series (``oncomri map dce``, study ``maps``).
+
+    The frame times come from ``times`` / ``temporal_resolution``, else the
+    volume's protocol or its sidecar ``FrameTimesStart``; the flip angle
+    (degrees), TR and field from the options, else the sidecar. The signal
+    is converted to concentration (:func:`signal_to_concentration`, baseline
+    from the first ``baseline_frames``), fitted with the tracer-kinetic
+    ``method`` (:data:`DCE_METHODS`, default ``'extended_tofts'``; ``'none'``
+    for model-free maps only), by default in the signal domain, and the
+    model-free measures (:func:`model_free_measures`) are added.
+
+    Parameters
+    ----------
+    volume : Volume
+        4D series, frames on the last axis.
+    mask : bool ndarray of the spatial shape, optional
+    method : str, optional
+        Kinetic model (``tofts``, ``extended_tofts``, ``patlak``, ``2cxm``,
+        ``2cum`` or ``none``).
+    names : None, str or callable
+        How messages name the options (:class:`oncomri.models.volume_fit.Options`).
+    **options
+        ``times`` (list of s, or text with unit ``'0,5,10s'``),
+        ``temporal_resolution`` (s or ``'4.2s'``), ``flip_angle`` (degrees),
+        ``tr`` (s or ``'5ms'``), ``field`` (T), ``baseline_frames`` (int,
+        default 5), ``input_kind`` (``'signal'`` or ``'concentration'`` in mM),
+        ``t1`` (pre-contrast T1: s, ``'1.4s'`` or a map in s on the grid),
+        ``agent`` (name for :func:`relaxivity`) or ``relaxivity`` (1/(mM s)),
+        ``aif`` (``'parker'`` default, ``'preclinical'`` or ``'measured'``),
+        ``aif_mask`` (bool array: arterial voxels or, with ``aif_auto``, the
+        search region), ``aif_auto`` (bool), ``aif_voxels`` (int, default 10),
+        ``t1_blood`` (s or ``'1.6s'``, measured AIF), ``hematocrit`` (0.42),
+        ``aif_onset`` (s; default the first frame after the baseline),
+        ``aif_oversample`` (4), ``fit_delay`` (bool), ``fit_domain``
+        (``'signal'`` or ``'concentration'``), ``iauc`` (windows in s: a
+        list or ``'60,90'``; empty for none).
+
+    Returns
+    -------
+    VolumeFit
+    """
+    from .. import __version__
+    from .aif import measured_aif, population_aif
+    from .volume_fit import Options, VolumeFit, quantity
+
+    opts = Options({**options, "method": method}, DCE_VOLUME_OPTIONS, model="dce", names=names,
+                   cli={"method": "--model"})
+    kinetic = opts["method"] or "extended_tofts"
+    if kinetic != "none" and kinetic not in DCE_METHODS:
+        raise ValidationError(f"{opts.name('method')} {kinetic!r}: choose one of "
+                              f"{', '.join(DCE_METHODS)} or none")
+    data = volume.data
+    if data.ndim != 4 or data.shape[-1] < 3:
+        where = volume.sources[0] if volume.sources else "input"
+        raise ValidationError(f"{where}: a DCE series needs a 4th (dynamic) axis with at least "
+                              f"3 frames; got shape {data.shape}")
+    times = _dce_frame_times(volume, opts)
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+    input_kind = opts.choice("input_kind", ("signal", "concentration"))
+    is_signal = input_kind == "signal"
+    protocol = None
+    t1 = t1_label = r1 = None
+    nb = opts.number("baseline_frames", integer=True, minimum=1)
+    if is_signal:
+        protocol = _dce_protocol(volume, opts, times)
+        value = opts["t1"]
+        if value is None:
+            extra = " or --t1-map FILE" if names is None else ""
+            raise ProtocolError(f"give the pre-contrast T1: {opts.name('t1')} VALUE "
+                                f"(e.g. '1.4s'){extra}")
+        if isinstance(value, np.ndarray) and value.ndim > 0:
+            t1 = opts.array("t1", volume.spatial_shape, what="T1 map")
+            t1_label = "map"
+        else:
+            t1 = quantity(value, name=opts.name("t1"), units=_TIME_UNITS)[0]
+            t1_label = value if isinstance(value, str) else f"{t1:g} s"
+        if opts.given("relaxivity"):
+            r1 = opts.number("relaxivity")
+            if not r1 > 0:
+                raise ValidationError(f"{opts.name('relaxivity')} must be positive, in 1/(mM s)")
+        elif opts.given("agent"):
+            r1 = relaxivity(str(opts["agent"]), protocol.magnetic_field_strength)
+        else:
+            raise ProtocolError(f"give {opts.name('agent')} NAME (with the field) or "
+                                f"{opts.name('relaxivity')} R1 in 1/(mM s)")
+        conc = signal_to_concentration(data, protocol, t1_baseline=t1, relaxivity=r1)
+    else:
+        if nb >= times.size:
+            raise ProtocolError(f"{opts.name('baseline_frames')} {nb} leaves no dynamic frames")
+        conc = np.asarray(data)
+
+    # arterial input
+    aif_kind = opts.choice("aif", ("parker", "preclinical", "measured"))
+    hematocrit = opts.number("hematocrit", positive=True)
+    aif_auto = opts.flag("aif_auto")
+    if aif_kind == "measured":
+        if not opts.given("aif_mask"):
+            file = " FILE" if names is None else ""
+            raise ValidationError(f"{opts.name('aif')} measured needs {opts.name('aif_mask')}{file} "
+                                  f"(arterial voxels or a search region with {opts.name('aif_auto')})")
+        aif_mask = opts.mask("aif_mask", volume.spatial_shape)
+        if not aif_mask.any():
+            raise ValidationError(f"{opts.name('aif_mask')} holds no voxel")
+        if is_signal:
+            if not opts.given("t1_blood"):
+                raise ProtocolError(f"{opts.name('aif')} measured needs the blood T1: "
+                                    f"{opts.name('t1_blood')} VALUE (e.g. '1.6s')")
+            t1b = quantity(opts["t1_blood"], name=opts.name("t1_blood"), units=_TIME_UNITS)[0]
+            sub = data[aif_mask]
+            blood = signal_to_concentration(sub, protocol, t1_baseline=t1b, relaxivity=r1)
+        else:
+            blood = np.asarray(conc)[aif_mask]
+        aif = measured_aif(blood[:, None, None, :], times, np.ones(blood.shape[:1] + (1, 1), bool),
+                           hematocrit=hematocrit, auto_select=aif_auto,
+                           n_voxels=opts.number("aif_voxels", integer=True, minimum=1))
+    else:
+        if opts.given("aif_mask") or aif_auto:
+            raise ValidationError(f"{opts.name('aif_mask')}/{opts.name('aif_auto')} apply to "
+                                  f"{opts.name('aif')} measured only")
+        onset = (quantity(opts["aif_onset"], name=opts.name("aif_onset"), units=_TIME_UNITS)[0]
+                 if opts.given("aif_onset") else float(times[nb]))
+        aif = population_aif(aif_kind, times, onset=onset, hematocrit=hematocrit,
+                             oversample=opts.number("aif_oversample", integer=True, minimum=1))
+
+    common = {"Software": f"oncomri {__version__}", "FrameTimes_s": [float(v) for v in times],
+              "BaselineFrames": nb}
+    if is_signal:
+        common.update({"FlipAngle_deg": float(np.rad2deg(protocol.flip_angle)),
+                       "RepetitionTime_s": protocol.repetition_time,
+                       "MagneticFieldStrength_T": protocol.magnetic_field_strength,
+                       "Relaxivity_per_mM_s": r1, "T1Baseline": t1_label,
+                       "ContrastAgent": opts["agent"]})
+    maps = {}
+    summary = ""
+    fit = model = None
+    if kinetic != "none":
+        model = DCEModel(times if protocol is None else protocol, aif, method=kinetic,
+                         fit_delay=opts.flag("fit_delay"))
+        domain = opts.choice("fit_domain", ("signal", "concentration")) or \
+            ("signal" if is_signal else "concentration")
+        if domain == "signal" and not is_signal:
+            raise ValidationError(f"{opts.name('fit_domain')} signal needs "
+                                  f"{opts.name('input_kind')} signal")
+        if domain == "signal":
+            fit = model.fit(data, mask=mask, t1_baseline=t1, relaxivity=r1, progress=progress)
+        else:
+            fit = model.fit(conc, mask=mask, progress=progress)
+        for key, (arr, side) in fit.output_maps().items():
+            maps[key] = (arr, {**side, "FitDomain": domain})
+        counts = fit.summary()
+        n_fitted = counts.get('ok', 0) + counts.get('at_bound', 0)
+        summary = (f"{kinetic}: {n_fitted:,} voxels fitted "
+                   f"({counts.get('at_bound', 0):,} at a bound, {counts.get('not_converged', 0):,} "
+                   f"not converged), {counts.get('failed', 0) + counts.get('invalid_data', 0):,} "
+                   f"failures, {counts.get('masked', 0):,} masked out")
+    iauc = opts["iauc"]
+    if isinstance(iauc, str):
+        windows = quantity(iauc, name=opts.name("iauc"), units=_TIME_UNITS,
+                           default_unit="s") if iauc.strip() else []
+    else:
+        windows = quantity(iauc, name=opts.name("iauc"), units=_TIME_UNITS) \
+            if np.size(iauc) else []
+    onset_mf = float(times[nb - 1])
+    measures = model_free_measures(conc, times, onset=onset_mf, iauc_times=windows, mask=mask)
+    maps.update(model_free_output_maps(measures, onset=onset_mf))
+    common["AIF"] = aif.description
+    return VolumeFit(fit=fit, model=model, maps=maps, provenance=common, summary=summary)

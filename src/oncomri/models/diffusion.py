@@ -103,6 +103,8 @@ __all__ = [
     "DKIModel",
     "DKIFit",
     "METHOD_REFERENCES",
+    "fit_diffusion_volume",
+    "DIFFUSION_VOLUME_OPTIONS",
 ]
 
 #: Default bounds, mm²/s: ADC/D in [0, 0.01] (well above free water at 37 °C).
@@ -554,6 +556,13 @@ class _DiffusionModel(Model):
         """True if the chosen method models the noise floor (needs sigma)."""
         return self.method == "ncexp"
 
+    @classmethod
+    def fit_volume(cls, volume, *, mask=None, method=None, names=None, progress=None,
+                   **options):
+        """Fit a loaded diffusion series from plain options: see :func:`fit_diffusion_volume`."""
+        return fit_diffusion_volume(volume, cls._label, mask=mask, method=method, names=names,
+                                    progress=progress, **options)
+
     def _context(self, sigma) -> FitContext:
         return FitContext(self.d_bounds, self.max_iter, sigma)
 
@@ -910,3 +919,154 @@ class DKIModel(_DiffusionModel):
 
     def _amplitude(self, b, p):
         return dki_signal(b, p["s0"], p["d"], p["k"])
+
+
+# ---------------------------------------------------------------------------- from a Volume
+
+#: Options of :func:`fit_diffusion_volume` and their defaults (the ``oncomri map adc`` flags;
+#: ``b_threshold`` for ivim only, ``b_range`` for adc and dki).
+DIFFUSION_VOLUME_OPTIONS = {
+    "b_values": None, "b_range": None, "b_threshold": None, "noise_sigma": "auto",
+    "noise_background": None, "method": None,
+}
+
+
+def _b_range_option(value, name):
+    if value is None:
+        return (None, None)
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = []
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        lo, hi = (None if p is None or p == "" else float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{name} {value!r}: give LOW,HIGH in s/mm² (either may be empty, "
+                              "e.g. '200,' or [200, null])") from None
+    return lo, hi
+
+
+def fit_diffusion_volume(volume, kind: str = "adc", *, mask=None, method=None, names=None,
+                         progress=None, **options):
+    """Fit ``kind`` (``'adc'``, ``'ivim'`` or ``'dki'``) to a loaded diffusion series.
+
+    The b-values (s/mm², one per volume) come from ``b_values`` or the
+    volume's :class:`~oncomri.core.protocols.DiffusionProtocol` (set by the
+    readers, or from a ``.bval`` file by the caller).
+
+    Parameters
+    ----------
+    volume : Volume
+        4D series, diffusion-weighted volumes on the last axis.
+    kind : {'adc', 'ivim', 'dki'}
+    mask : bool ndarray, optional
+    method : str, optional
+        A method of the kind's model (:class:`ADCModel`, :class:`IVIMModel`,
+        :class:`DKIModel`).
+    names : None, str or callable
+        How messages name the options (:class:`oncomri.models.volume_fit.Options`).
+    **options
+        ``b_values`` (list, s/mm²), ``b_range`` (adc, dki: ``(low, high)``
+        in s/mm², either None, or text ``'200,'``), ``b_threshold`` (ivim,
+        s/mm², default 200), ``noise_sigma`` (``'auto'`` or signal units, for
+        ``ncexp``), ``noise_background`` (bool array: air for the sigma
+        estimate).
+
+    Returns
+    -------
+    VolumeFit
+    """
+    import time
+
+    from .. import __version__
+    from .volume_fit import Options, VolumeFit
+
+    classes = {"adc": ADCModel, "ivim": IVIMModel, "dki": DKIModel}
+    if kind not in classes:
+        raise ValidationError(f"kind must be one of {', '.join(classes)}, got {kind!r}")
+    cls = classes[kind]
+    opts = Options({**options, "method": method}, DIFFUSION_VOLUME_OPTIONS, model=kind,
+                   names=names, cli={"noise_background": "--noise-mask", "b_values": "--bval"})
+    if kind == "ivim" and opts.given("b_range"):
+        raise ValidationError(f"{opts.name('b_range')} applies to adc and dki; ivim uses "
+                              f"{opts.name('b_threshold')}")
+    if kind != "ivim" and opts.given("b_threshold"):
+        raise ValidationError(f"{opts.name('b_threshold')} applies to ivim only")
+    data = volume.data
+    src = str(volume.sources[0]) if volume.sources else "input"
+    n_volumes = data.shape[-1] if data.ndim == 4 else 1
+    if opts.given("b_values"):
+        try:
+            b = np.asarray(opts["b_values"], dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ProtocolError(f"{opts.name('b_values')}: give numbers in s/mm², one per "
+                                "volume") from None
+        source = opts.name("b_values")
+        if b.size != n_volumes:
+            raise ProtocolError(f"{source} lists {b.size} b-values but {src} has {n_volumes} "
+                                f"volume{'s' if n_volumes != 1 else ''}; give one b-value per volume")
+        protocol = DiffusionProtocol(b, source=source)
+    elif isinstance(volume.protocol, DiffusionProtocol):
+        protocol = volume.protocol
+    else:
+        what = type(volume.protocol).__name__ if volume.protocol is not None else "no b-values"
+        raise ProtocolError(f"{src} is not a diffusion series ({what}); give the b-values "
+                            f"({opts.name('b_values')}, s/mm², one per volume)")
+    model_opts = {}
+    if kind == "ivim":
+        if opts.given("b_threshold"):
+            model_opts["b_threshold"] = opts.number("b_threshold", minimum=0)
+    else:
+        model_opts["b_range"] = _b_range_option(opts["b_range"], opts.name("b_range"))
+    if method is not None and not callable(method) and method not in cls.methods:
+        raise ValidationError(f"{opts.name('method')} {method!r}: not a method of {kind}; choose "
+                              f"one of {', '.join(cls.methods)}")
+    model = cls(protocol, method=method, **model_opts)
+    sigma = opts["noise_sigma"]
+    if isinstance(sigma, np.ndarray) and sigma.ndim:
+        sigma = opts.array("noise_sigma", volume.spatial_shape, what="noise sigma map")
+    elif not (isinstance(sigma, str) and sigma == "auto"):
+        sigma = opts.number("noise_sigma", minimum=0)
+    background = opts.mask("noise_background", volume.spatial_shape)
+    start = time.perf_counter()
+    fit = model.fit(data, mask=mask, noise_sigma=sigma, noise_background=background,
+                    progress=progress)
+    seconds = time.perf_counter() - start
+    sigma_source = None
+    if model.noise_aware:
+        sigma_source = ("given" if not isinstance(sigma, str) else
+                        f"estimated from {opts.name('noise_background')}" if background is not None
+                        else "estimated from the image background (lowest b-value)")
+    scalar_sigma = fit.noise_sigma is not None and np.ndim(fit.noise_sigma) == 0
+    common = {
+        "Software": "oncomri",
+        "SoftwareVersion": __version__,
+        "Model": kind,
+        "Method": model.method,
+        "MethodDescription": METHOD_REFERENCES.get(model.method, "user-supplied"),
+        "BValues": protocol.b_values.tolist(),
+        "BValueUnits": "s/mm^2",
+        "ShellBValuesFitted": model.shell_b_values.tolist(),
+        "DirectionAverage": f"{model.direction_average} mean per b-value",
+        "DiffusivityBounds": list(model.d_bounds),
+        "DiffusivityUnits": "mm^2/s",
+        "NoiseSigma": float(fit.noise_sigma) if scalar_sigma else None,
+        "NoiseSigmaSource": sigma_source,
+        "Notes": list(volume.meta.get("notes", [])),
+    }
+    if kind == "ivim":
+        common["BThreshold"] = model.b_threshold
+    counts = fit.summary()
+    fitted = sum(v for k, v in counts.items() if k in ("ok", "not_converged", "at_bound"))
+    failures = counts.get("failed", 0) + counts.get("invalid_data", 0)
+    sigma_text = f", noise sigma {common['NoiseSigma']:.4g} ({sigma_source})" if scalar_sigma else ""
+    summary = (f"{kind} ({model.method}): {fitted:,} voxels fitted "
+               f"({counts.get('not_converged', 0):,} not converged, {counts.get('at_bound', 0):,} at a "
+               f"bound), {failures:,} failures, {counts.get('masked', 0):,} masked out, "
+               f"{seconds:.2f} s{sigma_text}")
+    return VolumeFit(fit=fit, model=model, maps=fit.output_maps(), provenance=common,
+                     summary=summary)

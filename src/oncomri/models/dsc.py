@@ -104,6 +104,8 @@ __all__ = [
     "steady_state_blood_volume",
     "dynamic_protocol",
     "DEFAULT_OSCILLATION_INDEX",
+    "fit_dsc_volume",
+    "DSC_VOLUME_OPTIONS",
 ]
 
 #: Oscillation-index threshold of oSVD (Wu et al., MRM 2003;50:164; value from
@@ -606,6 +608,13 @@ class DSCModel(Model):
         self.tail_frames = max(1, min(int(tail_frames), n // 4))
         self.chunk_size = int(chunk_size)
 
+    @classmethod
+    def fit_volume(cls, volume, *, mask=None, method=None, names=None, progress=None,
+                   **options):
+        """Fit a loaded DSC series from plain options: see :func:`fit_dsc_volume`."""
+        return fit_dsc_volume(volume, mask=mask, method=method, names=names, progress=progress,
+                              **options)
+
     # ---------------------------------------------------------------- helpers
 
     @property
@@ -941,3 +950,180 @@ class DSCFit(Fit):
             "Levels": {str(k): v for k, v in STATUS_DESCRIPTIONS.items()}})
         return out
 
+
+
+# --------------------------------------------------------------------------
+# From a Volume (shared by `oncomri map dsc` and the study pipeline)
+# --------------------------------------------------------------------------
+
+#: Options of :func:`fit_dsc_volume` and their defaults (the ``oncomri map dsc`` flags).
+DSC_VOLUME_OPTIONS = {
+    "te": None, "frame_times": None, "tr": None, "baseline_frames": None, "aif_mask": None,
+    "reference_mask": None, "leakage_reference_mask": None, "leakage_correction": True,
+    "oscillation_index": None, "integration_window": None, "hematocrit_factor": 1.0,
+    "method": None,
+}
+_TIME_UNITS = {"s": 1.0, "ms": 1e-3}
+
+
+def _baseline_option(value, name):
+    """``10`` (first 10 frames), ``'2-11'`` (frames 2..11), ``[2, 3, 4]`` or ``'2,3,4'``."""
+    import re
+
+    if value is None or isinstance(value, (list, tuple, np.ndarray)):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    t = str(value).strip()
+    try:
+        if re.fullmatch(r"\d+", t):
+            return int(t)
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", t)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if b < a:
+                raise ValueError
+            return list(range(a, b + 1))
+        return [int(v) for v in t.split(",") if v.strip()]
+    except ValueError:
+        raise ValidationError(f"{name} {value!r}: give a number of frames (10), a range (2-11) or "
+                              "0-based indices (2,3,4)") from None
+
+
+def _dsc_frame_protocol(volume, opts) -> DynamicProtocol:
+    from .volume_fit import quantity
+
+    n = volume.data.shape[-1]
+    src = str(volume.sources[0]) if volume.sources else "input"
+    if opts.given("frame_times") and opts.given("tr"):
+        raise ValidationError(f"give {opts.name('frame_times')} or {opts.name('tr')}, not both")
+    if opts.given("frame_times"):
+        times = quantity(opts["frame_times"], name=opts.name("frame_times"), units=_TIME_UNITS,
+                         default_unit="s")
+        where = opts.name("frame_times")
+    elif opts.given("tr"):
+        tr = quantity(opts["tr"], name=opts.name("tr"), units=_TIME_UNITS, default_unit="s")
+        if len(tr) != 1 or not tr[0] > 0:
+            raise ProtocolError(f"{opts.name('tr')} {opts['tr']!r}: give one positive frame "
+                                "interval, e.g. 1.5s")
+        times = np.arange(n) * tr[0]
+        where = opts.name("tr")
+    elif isinstance(volume.protocol, DynamicProtocol):
+        times = volume.protocol.times
+        where = f"{src} acquisition times"
+    elif volume.meta.get("FrameTimesStart") is not None:
+        times = volume.meta["FrameTimesStart"]
+        where = f"{src} sidecar FrameTimesStart"
+    elif src.endswith((".nii", ".nii.gz")) and volume.meta.get("RepetitionTime"):
+        times = np.arange(n) * float(volume.meta["RepetitionTime"])
+        where = f"{src} sidecar RepetitionTime"
+    else:
+        raise ProtocolError(
+            f"{src}: no increasing frame times in the input; give {opts.name('frame_times')} "
+            f"or {opts.name('tr')}")
+    times = np.asarray(times, dtype=np.float64).reshape(-1)
+    if times.size != n:
+        raise ProtocolError(f"{where} lists {times.size} frame times but the series has {n} frames")
+    return dynamic_protocol(times, source=where)
+
+
+def _dsc_echo_time(volume, opts) -> float:
+    from .volume_fit import quantity
+
+    if opts.given("te"):
+        te = quantity(opts["te"], name=opts.name("te"), units=_TIME_UNITS, default_unit="ms")
+        if len(te) != 1:
+            raise ProtocolError(f"{opts.name('te')} {opts['te']!r}: give one echo time")
+        return te[0]
+    te = volume.meta.get("EchoTime")
+    if isinstance(te, (list, tuple)) and len(set(te)) == 1:
+        te = te[0]
+    if te is None or isinstance(te, (list, tuple)):
+        src = volume.sources[0] if volume.sources else "input"
+        raise ProtocolError(f"{src}: no single EchoTime in the input; give {opts.name('te')} "
+                            "(e.g. 30ms)")
+    return float(te)
+
+
+def fit_dsc_volume(volume, *, mask=None, method=None, names=None, progress=None, **options):
+    """Fit a loaded DSC series (``oncomri map dsc``, study ``maps``).
+
+    Frame times from ``frame_times`` / ``tr``, else the volume's protocol,
+    its sidecar ``FrameTimesStart`` or (NIfTI) ``RepetitionTime``; the echo
+    time from ``te``, else the sidecar ``EchoTime``. The model and its
+    references: :class:`DSCModel`.
+
+    Parameters
+    ----------
+    volume : Volume
+        4D series, frames on the last axis (at least 4).
+    mask : bool ndarray, optional
+        Voxels to fit (e.g. the brain).
+    method : {'osvd', 'csvd', 'ssvd'}, optional
+        Deconvolution for CBF/MTT (with an AIF).
+    names : None, str or callable
+        How messages name the options (:class:`oncomri.models.volume_fit.Options`).
+    **options
+        ``te`` (s, or text with unit ``'30ms'``; text without unit is ms),
+        ``frame_times`` (list of s or ``'0,1.5,3s'``), ``tr`` (frame interval,
+        s or ``'1.5s'``), ``baseline_frames`` (count, ``'2-11'`` or indices),
+        ``aif_mask``, ``reference_mask``, ``leakage_reference_mask`` (bool
+        arrays on the grid), ``leakage_correction`` (bool or ``'on'``/``'off'``,
+        default on), ``oscillation_index`` (oSVD threshold),
+        ``integration_window`` ((start, stop) in s or ``'20,80s'``),
+        ``hematocrit_factor`` (default 1).
+
+    Returns
+    -------
+    VolumeFit
+    """
+    from .. import __version__
+    from .volume_fit import Options, VolumeFit, quantity
+
+    opts = Options({**options, "method": method}, DSC_VOLUME_OPTIONS, model="dsc", names=names)
+    data = volume.data
+    if data.ndim != 4 or data.shape[-1] < 4:
+        src = volume.sources[0] if volume.sources else "input"
+        raise ValidationError(
+            f"{src}: a DSC series is 4D with at least 4 frames, got shape {data.shape}")
+    protocol = _dsc_frame_protocol(volume, opts)
+    te = _dsc_echo_time(volume, opts)
+    window = None
+    if opts.given("integration_window"):
+        window = quantity(opts["integration_window"], name=opts.name("integration_window"),
+                          units=_TIME_UNITS, default_unit="s")
+        if len(window) != 2:
+            raise ProtocolError(f"{opts.name('integration_window')} {opts['integration_window']!r}: "
+                                "give start,stop")
+    extra = {}
+    if opts.given("oscillation_index"):
+        extra["oscillation_index"] = opts.number("oscillation_index")
+    leakage = opts.flag("leakage_correction")
+    method = opts.choice("method", tuple(_METHODS))
+    model = DSCModel(protocol, echo_time=te, method=method,
+                     baseline_frames=_baseline_option(opts["baseline_frames"],
+                                                      opts.name("baseline_frames")),
+                     leakage_correction=leakage, integration_window=window,
+                     hematocrit_factor=opts.number("hematocrit_factor", positive=True), **extra)
+    masks = {key: opts.mask(key, volume.spatial_shape)
+             for key in ("aif_mask", "reference_mask", "leakage_reference_mask")}
+    fit = model.fit(data, mask=mask, progress=progress, **masks)
+    common = {
+        "Software": "oncomri", "SoftwareVersion": __version__, "Model": "dsc",
+        "Method": model.method if fit.has_aif else None,
+        "EchoTime": te, "EchoTimeUnits": "s",
+        "FrameTimes": protocol.times.tolist(), "FrameTimesUnits": "s",
+        "FrameTimesSource": protocol.source,
+        "LeakageCorrection": leakage,
+        "AIF": f"mean ΔR2* of {opts.name('aif_mask')}" if masks["aif_mask"] is not None else None,
+        "Notes": list(volume.meta.get("notes", [])),
+    }
+    counts = fit.summary()
+    summary = (f"dsc ({model.method if fit.has_aif else 'no AIF'}; leakage correction "
+               f"{'on' if leakage else 'off'}): {counts.get('ok', 0):,} voxels ok, "
+               f"{counts.get('failed', 0) + counts.get('invalid_data', 0):,} failed, "
+               f"{counts.get('masked', 0):,} masked out; baseline frames "
+               f"{int(fit.baseline_frames[0])}-{int(fit.baseline_frames[-1])}, "
+               f"{fit.n_leakage_reference:,} leakage-reference voxels")
+    return VolumeFit(fit=fit, model=model, maps=fit.output_maps(), provenance=common,
+                     summary=summary)

@@ -82,6 +82,11 @@ __all__ = [
     "VFAModel",
     "IRModel",
     "T1Fit",
+    "fit_t1_volume",
+    "parse_flip_angles",
+    "check_degrees",
+    "parse_times",
+    "T1_VOLUME_OPTIONS",
 ]
 
 #: Default bounds on R1 (and on R1* for Look-Locker) in 1/s: T1 from 1 ms to 100 s.
@@ -348,6 +353,13 @@ class VFAModel(Model):
         self.max_iter = int(max_iter)
         self.chunk_size = int(chunk_size)
 
+    @classmethod
+    def fit_volume(cls, volume, *, mask=None, method=None, names=None, progress=None,
+                   **options):
+        """Fit a loaded T1 series from plain options: see :func:`fit_t1_volume`."""
+        return fit_t1_volume(volume, "vfa", mask=mask, method=method, names=names,
+                             progress=progress, **options)
+
     def fit(self, data, *, mask=None, b1=None, progress=None) -> "T1Fit":
         """Fit every voxel of ``data``.
 
@@ -573,6 +585,13 @@ class IRModel(Model):
         self.max_iter = int(max_iter)
         self.chunk_size = int(chunk_size)
 
+    @classmethod
+    def fit_volume(cls, volume, *, mask=None, method=None, names=None, progress=None,
+                   **options):
+        """Fit a loaded T1 series from plain options: see :func:`fit_t1_volume`."""
+        return fit_t1_volume(volume, "ir", mask=mask, method=method, names=names,
+                             progress=progress, **options)
+
     def fit(self, data, *, mask=None, progress=None) -> "T1Fit":
         """Fit every voxel of ``data`` (inversion times on the last axis; not modified).
 
@@ -762,3 +781,287 @@ class T1Fit(Fit):
                 "Units": "s", "Description": "apparent T1* before the Look-Locker correction"})
         return out
 
+
+
+# ---------------------------------------------------------------------------- from a Volume
+
+VFA_METHODS = ("nonlinear", "linear")
+IR_METHODS = ("three_parameter", "two_parameter", "look_locker")
+_TIME_UNITS = {"s": 1.0, "ms": 1e-3}
+#: Longest plausible spoiled-gradient-echo TR in s: a longer value is milliseconds.
+MAX_VFA_TR_S = 1.0
+#: Longest plausible inversion time in s.
+MAX_TI_S = 30.0
+
+#: Options of :func:`fit_t1_volume` and their defaults (the ``oncomri map t1`` flags).
+T1_VOLUME_OPTIONS = {"flip_angles": None, "tr": None, "b1": None, "inversion_times": None,
+                     "signal": "magnitude", "method": None}
+
+
+def _split_value_unit(text, name: str):
+    import re
+
+    m = re.fullmatch(r"\s*([-+0-9.eE,\s]+?)\s*([A-Za-z°µ]*)\s*", text or "")
+    if not m:
+        raise ProtocolError(f"{name} {text!r}: not a comma-separated list of numbers with a unit")
+    try:
+        values = [float(v) for v in re.split(r"[,\s]+", m.group(1).strip()) if v]
+    except ValueError:
+        raise ProtocolError(f"{name} {text!r}: not a comma-separated list of numbers") from None
+    if not values:
+        raise ProtocolError(f"{name} {text!r}: no value given")
+    return values, m.group(2)
+
+
+def parse_flip_angles(text, *, name: str = "--flip-angles") -> np.ndarray:
+    """``'2,5,10,15deg'`` -> flip angles in degrees (the unit ``deg`` is required in text;
+    a list of numbers is taken as degrees)."""
+    if isinstance(text, (list, tuple, np.ndarray)):
+        try:
+            return check_degrees(np.asarray(text, dtype=np.float64), source=name)
+        except (TypeError, ValueError):
+            raise ProtocolError(f"{name} {text!r}: give numbers in degrees") from None
+    if not isinstance(text, str):
+        raise ProtocolError(f"{name} {text!r}: give the flip angles in degrees, e.g. '2,5,10,15deg'")
+    values, unit = _split_value_unit(text, name)
+    if unit not in ("deg", "°"):
+        raise ProtocolError(f"{name} {text!r}: give the flip angles in degrees with the unit, "
+                            "e.g. '2,5,10,15deg'")
+    return check_degrees(values, source=name)
+
+
+def check_degrees(values, *, source: str) -> np.ndarray:
+    """Flip angles expected in degrees; a set that looks like radians is an error.
+
+    Every variable-flip-angle protocol reaches well above pi degrees (the
+    largest angle sits past the Ernst angle, >= ~10 deg), while flip angles
+    in radians never exceed pi; so a set whose largest value is <= pi was
+    given in radians.
+    """
+    fa = np.asarray(values, dtype=np.float64).reshape(-1)
+    if fa.size == 0 or not np.all(np.isfinite(fa)) or np.any(fa <= 0):
+        raise ProtocolError(f"{source}: flip angles must be positive numbers in degrees, "
+                            f"got {fa.tolist()}")
+    if fa.max() <= math.pi:
+        raise ProtocolError(
+            f"{source}: flip angles {[round(v, 4) for v in fa.tolist()]} look like radians "
+            "(all <= pi); give them in degrees, e.g. '2,5,10,15deg'")
+    if fa.max() > 180:
+        raise ProtocolError(f"{source}: flip angles up to {fa.max():g} deg exceed 180 deg")
+    return fa
+
+
+def parse_times(text, *, name: str):
+    """``'5ms'`` or ``'50,100,200ms'`` -> list of seconds (unit s or ms required in text;
+    numbers are seconds)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return [float(text)]
+    if isinstance(text, (list, tuple, np.ndarray)):
+        try:
+            return [float(v) for v in np.asarray(text, dtype=np.float64).reshape(-1)]
+        except (TypeError, ValueError):
+            raise ProtocolError(f"{name} {text!r}: give numbers in s") from None
+    values, unit = _split_value_unit(text if isinstance(text, str) else "", name)
+    if unit not in _TIME_UNITS:
+        raise ProtocolError(f"{name} {text!r}: give a unit, s or ms (e.g. '5ms')")
+    return [v * _TIME_UNITS[unit] for v in values]
+
+
+def _sidecar_list(meta: dict, key: str, n: int, source: str):
+    """A per-volume list from a sidecar (a list, or a scalar for one volume)."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    values = np.atleast_1d(np.asarray(value, dtype=np.float64)).reshape(-1)
+    if values.size not in (1, n):
+        raise ProtocolError(f"{source}: {key} lists {values.size} value(s) for {n} volumes; "
+                            "give one per volume")
+    return values
+
+
+def _scalar_sidecar(meta: dict, key: str):
+    value = meta.get(key)
+    if value is None:
+        return None
+    return float(np.atleast_1d(np.asarray(value, dtype=np.float64)).reshape(-1)[0])
+
+
+def _sorted(values, data):
+    order = np.argsort(values, kind="stable")
+    if np.all(order == np.arange(order.size)):
+        return np.asarray(values), data
+    return np.asarray(values)[order], data[..., order]
+
+
+def _vfa_inputs(volume, opts, label, n):
+    proto = volume.protocol if isinstance(volume.protocol, VariableFlipAngleProtocol) else None
+    if opts.given("flip_angles"):
+        source = opts.name("flip_angles")
+        fa_deg = parse_flip_angles(opts["flip_angles"], name=source)
+    elif proto is not None:
+        fa_deg = np.rad2deg(proto.flip_angles)
+        source = f"{label}: FlipAngle"
+    else:
+        fa_deg = _sidecar_list(volume.meta, "FlipAngle", n, f"{label} sidecar")
+        if fa_deg is None or (fa_deg.size == 1 and n > 1):
+            raise ProtocolError(f"{label}: no flip angle per volume in the sidecar; give "
+                                f"{opts.name('flip_angles')} with a unit, e.g. '2,5,10,15deg'")
+        source = f"{label} sidecar FlipAngle"
+        fa_deg = check_degrees(fa_deg, source=source)
+    if fa_deg.size != n:
+        raise ProtocolError(f"{source}: {fa_deg.size} flip angles for {n} volumes; give one per "
+                            "volume")
+    if opts.given("tr"):
+        tr_source = opts.name("tr")
+        tr = parse_times(opts["tr"], name=tr_source)
+        if len(tr) != 1:
+            raise ProtocolError(f"{tr_source} {opts['tr']!r}: give one repetition time")
+        tr = tr[0]
+    elif proto is not None:
+        tr, tr_source = float(proto.repetition_time), f"{label}: RepetitionTime"
+    else:
+        tr = _scalar_sidecar(volume.meta, "RepetitionTime")
+        tr_source = f"{label} sidecar RepetitionTime"
+        if tr is None:
+            raise ProtocolError(f"{label}: no RepetitionTime in the sidecar; give "
+                                f"{opts.name('tr')}, e.g. '5ms'")
+    if not (np.isfinite(tr) and tr > 0):
+        raise ProtocolError(f"{tr_source}: repetition time {tr!r} s must be positive")
+    if tr > MAX_VFA_TR_S:
+        raise ProtocolError(f"{tr_source}: repetition time {tr:g} s is implausible for a spoiled "
+                            "gradient echo; it looks like milliseconds (BIDS wants seconds)")
+    fa_deg, data = _sorted(fa_deg, volume.data)
+    return VariableFlipAngleProtocol(np.deg2rad(fa_deg), float(tr), source=source), data
+
+
+def _ir_inputs(volume, opts, label, n):
+    proto = volume.protocol if isinstance(volume.protocol, InversionRecoveryProtocol) else None
+    if opts.given("inversion_times"):
+        source = opts.name("inversion_times")
+        ti = np.asarray(parse_times(opts["inversion_times"], name=source), float)
+    elif proto is not None:
+        ti, source = np.asarray(proto.inversion_times), f"{label}: InversionTime"
+    else:
+        ti = _sidecar_list(volume.meta, "InversionTime", n, f"{label} sidecar")
+        source = f"{label} sidecar InversionTime"
+        if ti is None or (ti.size == 1 and n > 1):
+            raise ProtocolError(f"{label}: no inversion time per volume in the sidecar; give "
+                                f"{opts.name('inversion_times')} with a unit, e.g. "
+                                "'50,100,200,400,800ms'")
+    ti = np.atleast_1d(ti)
+    if ti.size != n:
+        raise ProtocolError(f"{source}: {ti.size} inversion times for {n} volumes; give one "
+                            "per volume")
+    if ti.max() > MAX_TI_S:
+        raise ProtocolError(f"{source}: inversion times up to {ti.max():g} s look like "
+                            "milliseconds; give seconds (or a unit on the command line)")
+    ti, data = _sorted(ti, volume.data)
+    return InversionRecoveryProtocol(ti, source=source), data
+
+
+def fit_t1_volume(volume, kind: str | None = None, *, mask=None, method=None, names=None,
+                  progress=None, label: str | None = None, **options):
+    """Fit T1 to a loaded series: variable flip angle or inversion recovery.
+
+    Parameters
+    ----------
+    volume : Volume
+        4D series, one volume per flip angle or inversion time (any order:
+        they are sorted). Acquisition values come from the options, else the
+        volume's protocol, else its sidecar ``meta`` (``FlipAngle`` in
+        degrees, one per volume; ``RepetitionTime`` and ``InversionTime`` in s).
+    kind : {'vfa', 'ir'} or None
+        None decides like ``oncomri map t1``: inversion recovery with
+        ``inversion_times``, an IR method, an IR protocol, or inversion times
+        (and no flip angle per volume) in the sidecar; else VFA.
+    mask : bool ndarray, optional
+    method : str, optional
+        VFA: ``'nonlinear'`` (default) or ``'linear'``; IR:
+        ``'three_parameter'`` (default), ``'two_parameter'`` or ``'look_locker'``.
+    names : None, str or callable
+        How messages name the options (:class:`oncomri.models.volume_fit.Options`).
+    label : str, optional
+        What messages call the series (default: its first source).
+    **options
+        ``flip_angles`` (degrees: a list, or text ``'2,5,10,15deg'``), ``tr``
+        (s or ``'5ms'``), ``b1`` (relative B1, 1 = nominal: a number or a map
+        on the grid; VFA only), ``inversion_times`` (list of s or
+        ``'50,100,200ms'``), ``signal`` (IR: ``'magnitude'`` or ``'real'``).
+
+    Returns
+    -------
+    VolumeFit
+        ``data`` holds the series sorted by flip angle / inversion time.
+    """
+    from .. import __version__
+    from .volume_fit import Options, VolumeFit
+
+    model_name = {"vfa": "t1", "ir": "t1_ir"}.get(kind, "t1")
+    opts = Options({**options, "method": method}, T1_VOLUME_OPTIONS, model=model_name, names=names)
+    label = label or (str(volume.sources[0]) if volume.sources else "input")
+    allowed = VFA_METHODS if kind == "vfa" else IR_METHODS if kind == "ir" else VFA_METHODS + IR_METHODS
+    if method is not None and method not in allowed:
+        raise ValidationError(f"{opts.name('method')} {method!r} is not a T1 method; choose one of "
+                              f"{', '.join(allowed)}")
+    if opts.given("flip_angles") and opts.given("inversion_times"):
+        raise ProtocolError(f"{opts.name('flip_angles')} and {opts.name('inversion_times')} "
+                            "exclude each other: a series is either variable flip angle or "
+                            "inversion recovery")
+    data = volume.data
+    if data.ndim != 4 or data.shape[-1] < 2:
+        raise ValidationError(f"{label}: has shape {data.shape}; a T1 series needs several volumes "
+                              "(flip angles or inversion times) on the 4th axis")
+    n = data.shape[-1]
+    if kind == "vfa":
+        if opts.given("inversion_times"):
+            raise ValidationError(f"{opts.name('inversion_times')}: model t1 is variable flip "
+                                  "angle; map inversion recovery with model t1_ir")
+        is_ir = False
+    elif kind == "ir":
+        for key in ("flip_angles", "b1", "tr"):
+            if opts.given(key):
+                raise ValidationError(f"{opts.name(key)} applies to variable flip angle series "
+                                      "only (model t1)")
+        is_ir = True
+    else:
+        is_ir = (opts.given("inversion_times") or method in IR_METHODS
+                 or isinstance(volume.protocol, InversionRecoveryProtocol))
+        if not (is_ir or opts.given("flip_angles")
+                or isinstance(volume.protocol, VariableFlipAngleProtocol)):
+            ti = _sidecar_list(volume.meta, "InversionTime", n, f"{label} sidecar")
+            fa = _sidecar_list(volume.meta, "FlipAngle", n, f"{label} sidecar")
+            is_ir = ti is not None and ti.size == n and (fa is None or fa.size != n)
+        if is_ir and method in VFA_METHODS:
+            raise ValidationError(f"{opts.name('method')} {method} is a VFA method but the series "
+                                  f"is inversion recovery; choose one of {', '.join(IR_METHODS)}")
+        if is_ir and opts.given("b1"):
+            raise ValidationError(f"{opts.name('b1')} applies to variable flip angle series only")
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+    if is_ir:
+        protocol, data = _ir_inputs(volume, opts, label, n)
+        model = IRModel(protocol, method=method,
+                        signal=opts.choice("signal", ("magnitude", "real")))
+        fit = model.fit(data, mask=mask, progress=progress)
+        what = "inversion recovery"
+        acquisition = {"InversionTime": protocol.inversion_times.tolist(),
+                       "InversionTimeUnits": "s"}
+    else:
+        protocol, data = _vfa_inputs(volume, opts, label, n)
+        b1 = opts.array("b1", volume.spatial_shape, what="B1 map")
+        model = VFAModel(protocol, method=method)
+        fit = model.fit(data, mask=mask, b1=b1, progress=progress)
+        what = "variable flip angle"
+        acquisition = {"FlipAngle": np.rad2deg(protocol.flip_angles).tolist(),
+                       "FlipAngleUnits": "deg", "RepetitionTime": protocol.repetition_time,
+                       "RepetitionTimeUnits": "s"}
+    common = {"Software": f"oncomri {__version__}", "Model": f"T1 {what}",
+              "Method": model.method, **acquisition}
+    counts = fit.summary()
+    fitted = sum(v for k, v in counts.items() if k in ("ok", "not_converged", "at_bound"))
+    summary = (f"t1 ({what}, {model.method}): {fitted:,} voxels fitted "
+               f"({counts.get('at_bound', 0):,} at a bound, {counts.get('not_converged', 0):,} not "
+               f"converged), {counts.get('failed', 0) + counts.get('invalid_data', 0):,} "
+               "not fittable")
+    return VolumeFit(fit=fit, model=model, maps=fit.output_maps(), provenance=common,
+                     summary=summary, data=data)

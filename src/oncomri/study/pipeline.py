@@ -101,7 +101,7 @@ def plan_study(spec, sessions) -> list:
     def hash_of(paths) -> str:
         key = tuple(str(p) for p in paths)
         if key not in hashes:
-            hashes[key] = content_hash(paths)
+            hashes[key] = content_hash(_with_sidecars(paths))
         return hashes[key]
 
     maps = {name: _plain(m) for name, m in spec.maps.items()}
@@ -149,6 +149,22 @@ def plan_study(spec, sessions) -> list:
                                  session=s, others=others, maps=maps, biomarkers=biomarkers,
                                  out_dir=str(spec.output), input_hashes=input_hashes))
     return tasks
+
+
+def _with_sidecars(paths) -> list:
+    """NIfTI files with the files that carry their acquisition (``.json`` sidecar with
+    EchoTime/FlipAngle..., ``.bval``/``.bvec``): changing one of those changes the input."""
+    out = []
+    for p in map(Path, paths):
+        out.append(p)
+        name = p.name
+        for ending in (".nii.gz", ".nii"):
+            if name.endswith(ending):
+                stem = p.with_name(name[: -len(ending)])
+                out += [q for q in (stem.with_suffix(".json"), stem.with_suffix(".bval"),
+                                    stem.with_suffix(".bvec")) if q.is_file()]
+                break
+    return out
 
 
 def _plain(model) -> dict:

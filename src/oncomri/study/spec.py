@@ -55,6 +55,10 @@ __all__ = [
     "parse_time",
     "TIME_UNITS",
     "MAP_OUTPUTS",
+    "MAP_OUTPUT_PATTERNS",
+    "RELAXOMETRY_MODELS",
+    "NOISE_AWARE_MODELS",
+    "ROI_OPTIONS",
     "STATISTICS",
     "MEASURES",
     "ArmSpec",
@@ -98,7 +102,45 @@ MAP_OUTPUTS = {
                "desc-r2starfit_rmse", "desc-r2starfit_status"),
     "t2": ("R2map", "T2map", "S0map", "desc-t2fit_rsquared", "desc-t2fit_rmse",
            "desc-t2fit_status"),
+    # Models built from a scan and ``options`` (``<Model>.fit_volume``): every suffix
+    # any method writes with the default options (and, for DSC, with an AIF and a
+    # reference ROI); which of them a map really writes depends on its method/options.
+    "t1": ("T1map", "R1map", "M0map", "desc-t1fit_rsquared", "desc-t1fit_rmse",
+           "desc-t1fit_status"),
+    "t1_ir": ("T1map", "R1map", "M0map", "desc-t1fit_rsquared", "desc-t1fit_rmse",
+              "desc-t1fit_status", "desc-t1fit_inveff", "desc-lookLocker_T1map"),
+    "dce": ("Ktransmap", "vemap", "kepmap", "vpmap", "Fpmap", "PSmap", "delaymap",
+            "desc-dcefit_rmse", "desc-dcefit_status", "IAUC60map", "IAUC90map", "peakmap",
+            "TTPmap", "washinmap"),
+    "dsc": ("rCBVmap", "CBVmap", "CBFmap", "MTTmap", "K1map", "K2map", "S0map",
+            "desc-dscfit_svdthreshold", "desc-dscfit_status"),
+    "adc": ("ADCmap", "S0map", "desc-adcfit_rsquared", "desc-adcfit_rmse", "desc-adcfit_status"),
+    "ivim": ("Dmap", "Dstarmap", "fmap", "desc-ivim_S0map", "desc-ivimfit_rsquared",
+             "desc-ivimfit_rmse", "desc-ivimfit_status"),
+    "dki": ("Kmap", "desc-dki_Dmap", "desc-dki_S0map", "desc-dkifit_rsquared",
+            "desc-dkifit_rmse", "desc-dkifit_status"),
+    "cest": ("M0map", "desc-ppm_B0map", "desc-Hz_B0map", "desc-MTRasym0p4ppm_CESTmap",
+             "desc-MTRasym2ppm_CESTmap", "desc-MTRasym3p5ppm_CESTmap", "desc-Zspectrum_CESTmap",
+             *(f"desc-{pool}{what}_CESTmap" for pool in ("water", "amide", "amine", "noe", "mt")
+               for what in ("Amplitude", "Width", "Offset")),
+             "desc-lorentzBaseline_CESTmap", "desc-cestfit_rmse", "desc-cestfit_status"),
 }
+#: Suffixes whose name follows an option (IAUC windows, CEST offsets and pools):
+#: accepted when a biomarker names one outside :data:`MAP_OUTPUTS`; the run then
+#: checks that the map really wrote it.
+MAP_OUTPUT_PATTERNS = {
+    "dce": (re.compile(r"IAUC[0-9.]+map"),),
+    "cest": (re.compile(r"desc-MTRasym[0-9]+(p[0-9]+)?ppm_CESTmap"),
+             re.compile(r"desc-[A-Za-z0-9]+(Amplitude|Width|Offset)_CESTmap")),
+}
+#: Models fitted to multi-echo series (loaded with their echo times).
+RELAXOMETRY_MODELS = ("r2star", "t2star", "t2")
+#: Models whose fit uses a noise sigma (``noise_sigma``, ``min_snr``).
+NOISE_AWARE_MODELS = RELAXOMETRY_MODELS + ("adc", "ivim", "dki")
+#: ``options`` of a map that name an ROI of the spec (its mask on the scan grid is
+#: passed to the model as the option of the same name ending in ``_mask``).
+ROI_OPTIONS = {"aif_roi": "aif_mask", "reference_roi": "reference_mask",
+               "leakage_reference_roi": "leakage_reference_mask"}
 #: Extra map written only by the ``nlls_offset`` method.
 _OFFSET_OUTPUTS = {"r2star": "desc-r2starfit_offset", "t2star": "desc-r2starfit_offset",
                    "t2": "desc-t2fit_offset"}
@@ -284,6 +326,15 @@ def _min_snr(value):
     return float(value)
 
 
+def _options(value):
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise _fail(f"options must be a mapping of option: value (e.g. aif: parker), got "
+                    f"{_describe(value)}; write one option per line under options")
+    return value
+
+
 def _seed(value):
     if value is None:
         return None
@@ -460,7 +511,18 @@ class ScanSpec(_Model):
 
 
 class MapSpec(_Model):
-    """``maps.<name>``: a parameter map fitted with ``model`` on ``scan``."""
+    """``maps.<name>``: a parameter map fitted with ``model`` on ``scan``.
+
+    ``model`` is any name of :data:`oncomri.models.MODELS`. ``noise_sigma`` and
+    ``min_snr`` apply to the noise-aware models (relaxometry and diffusion).
+    ``options`` go to the model's ``fit_volume`` as plain values (numbers in SI
+    or text with a unit, e.g. ``t1: 1.4s``, ``aif: parker``; see
+    :mod:`oncomri.models.volume_fit`); they are checked when the map is fitted,
+    and an unknown key or a bad value fails the session with a reason naming
+    ``maps.<name>.options.<key>``. ``aif_roi``, ``reference_roi`` and
+    ``leakage_reference_roi`` name an ROI of the spec (:data:`ROI_OPTIONS`),
+    checked here; its mask on the scan grid is what the model gets.
+    """
 
     model: _Text
     scan: _Text
@@ -468,6 +530,7 @@ class MapSpec(_Model):
     noise_sigma: Annotated[Union[Literal["auto"], float], BeforeValidator(_noise_sigma)] = "auto"
     fit_within: Optional[_Text] = None
     min_snr: Annotated[Optional[float], BeforeValidator(_min_snr)] = None
+    options: Annotated[dict[str, Any], BeforeValidator(_options)] = Field(default_factory=dict)
 
 
 class BiomarkerSpec(_Model):
@@ -1126,11 +1189,22 @@ class _Checker:
             f = ("maps", name)
             if "." in name:
                 self.add(f, f"map name {name!r} must not contain '.'; rename it")
-            # The pipeline maps multi-echo relaxometry; the other models (DCE, DSC,
-            # diffusion, CEST, T1) run from `oncomri map <model>` for now.
-            study_models = {k: MODELS[k] for k in MAP_OUTPUTS if k in MODELS}
-            ok = self.ref(f + ("model",), m.model, study_models, "a model", "models",
+            ok = self.ref(f + ("model",), m.model, MODELS, "a model", "models",
                           "choose one of them", scope="a study can map")
+            if ok and m.model not in NOISE_AWARE_MODELS:
+                given = [k for k in ("noise_sigma", "min_snr")
+                         if (m.noise_sigma != "auto" if k == "noise_sigma" else m.min_snr is not None)]
+                for key in given:
+                    self.add(f + (key,), f"{key} applies to relaxometry and diffusion models "
+                                         f"({', '.join(NOISE_AWARE_MODELS)}), not {m.model}; "
+                                         "remove it")
+            for key, value in m.options.items():
+                if key in ROI_OPTIONS:
+                    if not isinstance(value, str):
+                        self.add(f + ("options", key), f"{key} names an ROI of this study, got "
+                                                       f"{_describe(value)}; write its name")
+                    else:
+                        self.roi(f + ("options", key), value)
             if ok and m.method is not None:
                 methods = list(getattr(MODELS[m.model], "methods", {}) or {})
                 if methods and m.method not in methods:
@@ -1162,8 +1236,10 @@ class _Checker:
             suffixes = MAP_OUTPUTS.get(model)
             if suffixes is None:
                 continue
-            if s.maps[mapname].method == "nlls_offset":
+            if s.maps[mapname].method == "nlls_offset" and model in _OFFSET_OUTPUTS:
                 suffixes = suffixes + (_OFFSET_OUTPUTS[model],)
+            if any(p.fullmatch(suffix) for p in MAP_OUTPUT_PATTERNS.get(model, ())):
+                continue
             if suffix not in suffixes:
                 best = _closest(suffix, suffixes)
                 hint = f" (did you mean {best!r}?)" if best else ""

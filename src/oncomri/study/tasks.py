@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import __version__
 from ..core.errors import OncomriError, ValidationError
+from .spec import NOISE_AWARE_MODELS, ROI_OPTIONS
 
 __all__ = ["SessionTask", "SessionOutcome", "run_session", "STATISTICS", "MEASURES",
            "session_prefix"]
@@ -138,7 +139,13 @@ class _Session:
         self.derived = derived  # RoiRecords
         self._volumes: dict = {}
         self._rois: dict = {}
-        self._multi_echo_roles = {m["scan"] for m in task.maps.values()}
+        from .mapping import DIFFUSION, RELAXOMETRY
+
+        # multi-echo loading (echo times required) for relaxometry scans only; the
+        # other models read their acquisition from the scan's sidecar/headers
+        self._multi_echo_roles = {m["scan"] for m in task.maps.values()
+                                  if m["model"] in RELAXOMETRY}
+        self._diffusion_roles = {m["scan"] for m in task.maps.values() if m["model"] in DIFFUSION}
 
     def _resolved(self, timepoint: str):
         if timepoint == self.task.timepoint:
@@ -146,7 +153,7 @@ class _Session:
         return self.task.others[timepoint]
 
     def volume(self, role: str, timepoint: str | None = None):
-        from .mapping import load_scan
+        from .mapping import attach_b_values, load_scan
 
         timepoint = timepoint or self.task.timepoint
         key = (timepoint, role)
@@ -157,6 +164,8 @@ class _Session:
                     scan.paths, series=scan.series, echo_times=scan.echo_times,
                     multi_echo=role in self._multi_echo_roles,
                     label=f"scans.{role}.echo_times")
+                if role in self._diffusion_roles:
+                    attach_b_values(self._volumes[key], scan.paths, label=f"scans.{role}")
         return self._volumes[key]
 
     def anatomy(self, role: str, timepoint: str | None = None) -> np.ndarray:
@@ -237,6 +246,49 @@ class _Session:
         self.derived.append((name, source, written[0]))
 
 
+#: Options that take an array on the scan grid: a spec names an ROI instead
+#: (:data:`oncomri.study.spec.ROI_OPTIONS`) or cannot give them.
+_ARRAY_OPTIONS = ("aif_mask", "reference_mask", "leakage_reference_mask", "noise_background",
+                  "b0_map", "wassr", "b1")
+
+
+def _option_names(map_name: str):
+    """How messages name a map's options: ``maps.<name>.options.<key>`` (ROI options by
+    the ``*_roi`` key the spec used; ``method`` and ``noise_sigma`` by their own field)."""
+    inverse = {v: k for k, v in ROI_OPTIONS.items()}
+
+    def name(key: str) -> str:
+        if key in ("method", "noise_sigma"):
+            return f"maps.{map_name}.{key}"
+        return f"maps.{map_name}.options.{inverse.get(key, key)}"
+
+    return name
+
+
+def _map_options(map_name: str, m: Mapping, s: "_Session", volume):
+    """``(options for the model, {key: ROI name})``: ``*_roi`` options become the ROI's
+    mask resampled onto the scan grid under the model's ``*_mask`` option."""
+    options = dict(m.get("options") or {})
+    rois = {}
+    for key in list(options):
+        if key in _ARRAY_OPTIONS:
+            alt = {v: k for k, v in ROI_OPTIONS.items()}.get(key)
+            fix = f"name an ROI with {alt}" if alt else "it takes an image; use oncomri map"
+            raise ValidationError(f"maps.{map_name}.options.{key}: cannot be given in a study "
+                                  f"spec; {fix}")
+        if key in ROI_OPTIONS:
+            roi = options.pop(key)
+            if not isinstance(roi, str):
+                raise ValidationError(f"maps.{map_name}.options.{key}: give the name of an ROI")
+            mask = _mask_on_grid(*s.roi(roi), volume)
+            if not mask.any():
+                raise ValidationError(f"maps.{map_name}.options.{key}: ROI {roi!r} covers no voxel "
+                                      f"of scan {m['scan']!r}; check the ROI's `on` scan")
+            options[ROI_OPTIONS[key]] = mask
+            rois[key] = roi
+    return options, rois
+
+
 def _session_dir(task: SessionTask) -> Path:
     return Path(task.out_dir) / f"sub-{task.subject}" / f"ses-{task.timepoint}"
 
@@ -273,6 +325,8 @@ def _process(task: SessionTask, timer: _Timer):
     timer("roi")
     roi_names = {b["roi"] for b in task.biomarkers.values() if b.get("roi")}
     roi_names |= {m["fit_within"] for m in task.maps.values() if m.get("fit_within")}
+    roi_names |= {v for m in task.maps.values() for k, v in (m.get("options") or {}).items()
+                  if k in ROI_OPTIONS and isinstance(v, str)}
     for name in sorted(roi_names):
         s.roi(name)
 
@@ -284,12 +338,20 @@ def _process(task: SessionTask, timer: _Timer):
         mask = None
         if m.get("fit_within"):
             mask = _mask_on_grid(*s.roi(m["fit_within"]), volume)
+        timer("map")  # failures of the options are failures of the map stage
+        options, roi_options = _map_options(name, m, s, volume)
         with timer("map"):
-            sigma = m.get("noise_sigma", "auto")
+            noise = {}
+            if m["model"] in NOISE_AWARE_MODELS:
+                sigma = m.get("noise_sigma", "auto")
+                noise = {"noise_sigma": "auto" if sigma in (None, "auto") else float(sigma),
+                         "min_snr": m.get("min_snr")}
             result = fit_map(volume, m["model"], method=m.get("method"), mask=mask,
-                             noise_sigma="auto" if sigma in (None, "auto") else float(sigma),
+                             options=options, names=_option_names(name),
                              mask_source=f"ROI {m['fit_within']}" if m.get("fit_within") else None,
-                             min_snr=m.get("min_snr"))
+                             **noise)
+            if roi_options:
+                result.sidecar["Options"] = {**result.sidecar.get("Options", {}), **roi_options}
             map_prefix = prefix if name == m["model"] else f"{prefix}_desc-{name}"
             written = write_derivatives(folder, map_prefix, result.maps, reference=volume,
                                         sidecar_common={**result.sidecar, "MapName": name})
@@ -301,7 +363,8 @@ def _process(task: SessionTask, timer: _Timer):
                 parameters={"model": m["model"], "method": result.model.method,
                             "noise_sigma": result.sidecar.get("NoiseSigma"),
                             "noise_sigma_source": result.noise_sigma_source,
-                            "fit_within": m.get("fit_within")},
+                            "fit_within": m.get("fit_within"),
+                            "options": result.sidecar.get("Options") or {}},
                 software_version=__version__))
 
     # ---- measurements
@@ -314,6 +377,12 @@ def _process(task: SessionTask, timer: _Timer):
             if b.get("map"):
                 map_name, parameter = b["map"].split(".", 1)
                 result, volume = fitted[map_name]
+                if parameter not in result.maps:
+                    raise ValidationError(
+                        f"biomarkers.{bname}: map {map_name} (model {result.sidecar.get('Model')}, "
+                        f"method {result.sidecar.get('Method')}) wrote no {parameter!r}; it wrote "
+                        f"{', '.join(result.maps)}; change the biomarker's map or the map's "
+                        "method/options")
                 values, side = result.maps[parameter]
                 unit = str(side.get("Units", "")) if side else ""
                 key = (b["roi"], map_name)
