@@ -229,6 +229,7 @@ def _executor(scheduler: str, workers: int | None, n_tasks: int):
                                    dashboard_address=None, silence_logs=logging.ERROR,
                                    env={"NUMBA_NUM_THREADS": numba_threads})
         else:
+            _require_threadsafe_numba()
             cluster = LocalCluster(n_workers=1, threads_per_worker=n, processes=False,
                                    dashboard_address=None, silence_logs=logging.ERROR)
         executor = _Dask(Client(cluster), cluster)
@@ -244,6 +245,26 @@ def _executor(scheduler: str, workers: int | None, n_tasks: int):
         yield executor
     finally:
         executor.close()
+
+
+def _require_threadsafe_numba() -> None:
+    """Sessions fitted in threads launch numba's parallel kernels concurrently, which only
+    the OpenMP and TBB threading layers allow (numba's own workqueue layer is not
+    thread-safe); refuse `threads` where neither can be loaded."""
+    import importlib
+
+    import numba
+
+    for layer in ("omppool", "tbbpool"):
+        try:
+            importlib.import_module(f"numba.np.ufunc.{layer}")
+        except ImportError:
+            continue
+        numba.config.THREADING_LAYER = "threadsafe"
+        return
+    raise ValidationError(
+        "--scheduler threads: numba has no thread-safe threading layer here (install libgomp1 "
+        "or the tbb package); use --scheduler processes")
 
 
 def _check_scheduler(scheduler: str) -> str:
