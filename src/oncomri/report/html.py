@@ -99,6 +99,8 @@ REFERENCES: dict[str, str] = {
     "kaplan1958": "Kaplan EL, Meier P. J Am Stat Assoc 1958;53:457.",
     "mantel1966": "Mantel N. Cancer Chemother Rep 1966;50:163.",
     "lifelines2019": "Davidson-Pilon C. lifelines. J Open Source Softw 2019;4:1317.",
+    "koda2013": "Koda et al. J Gastroenterol 2013;48:1283.",
+    "fukuda2019": "Fukuda et al. Jpn J Radiol 2019. doi:10.1007/s11604-019-00843-1.",
 }
 
 _MODEL_TEXT = {
@@ -212,7 +214,11 @@ def methods_text(methods: MethodsInfo | None, results: Sequence[AnalysisResult])
         btext = []
         for b in methods.biomarkers:
             unit = f", {b['unit']}" if b.get("unit") else ""
-            if b.get("measure"):
+            if b.get("measure") == "ablative_margin" and b.get("ablation_roi"):
+                cite = refs.cite(("koda2013", "fukuda2019"))
+                btext.append(f"{b.get('name')} = minimum ablative margin of ROI {b.get('roi')} within the "
+                             f"ablation zone ROI {b.get('ablation_roi')}{unit or ', mm'} {cite}")
+            elif b.get("measure"):
                 btext.append(f"{b.get('name')} = {str(b['measure']).replace('_', ' ')} of ROI {b.get('roi')}{unit}")
             else:
                 btext.append(f"{b.get('name')} = {b.get('statistic', 'median')} of {b.get('map')} in ROI {b.get('roi')}{unit}")

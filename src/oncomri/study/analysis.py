@@ -38,7 +38,12 @@ Analysis types
 ``survival``
     Kaplan–Meier curves (Kaplan & Meier, J Am Stat Assoc 1958;53:457) per
     group and the log-rank test (Mantel, Cancer Chemother Rep 1966;50:163),
-    from the subjects' covariates.
+    from the subjects' covariates. ``group`` is ``arm``, a covariate, or
+    ``{biomarker, timepoint, cuts, labels}``: each subject's value of the
+    biomarker at the timepoint binned by the cut points (biomarker unit) into
+    ``[-inf, c0), [c0, c1), ..., [ck, inf)`` named by ``labels`` (e.g. the
+    ablative-margin class AM(−)/AM(0)/AM(+) from ``measure: ablative_margin``);
+    subjects without that value are left out and counted in the notes.
 
 Changes from baseline (``change``): ``none`` is the value at the timepoint,
 ``absolute`` is ``value - baseline value`` of the same subject (unit of the
@@ -615,16 +620,69 @@ def _as_event(value: Any) -> float:
     return f
 
 
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+
+
+def _biomarker_groups(spec: Any, table: pd.DataFrame, design: StudyDesign,
+                      notes: list[str]) -> tuple[dict[str, str], dict[str, float], list[str], str, str]:
+    """Group of each subject from a biomarker value binned by cut points.
+
+    Returns ``(subject -> label, subject -> value, labels, unit, description)``;
+    intervals ``[-inf, c0), [c0, c1), ..., [ck, inf)``.
+    """
+    biomarker = str(_s(_get(spec, "biomarker"), ""))
+    timepoint = _timepoint(_get(spec, "timepoint"), design, "survival.group.timepoint")
+    try:
+        cuts = [float(c) for c in (_get(spec, "cuts") or [])]
+    except (TypeError, ValueError):
+        raise ValidationError(f"survival.group.cuts must be numbers, got {_get(spec, 'cuts')!r}") from None
+    labels = [str(x) for x in (_get(spec, "labels") or [])]
+    if not biomarker:
+        raise ValidationError("survival.group needs a biomarker; add group.biomarker")
+    if not cuts or not all(math.isfinite(c) for c in cuts) or any(b <= a for a, b in zip(cuts, cuts[1:])):
+        raise ValidationError(f"survival.group.cuts {cuts} must be finite and strictly increasing; fix them")
+    if len(labels) != len(cuts) + 1 or len(set(labels)) != len(labels):
+        raise ValidationError(f"survival.group.labels: give {len(cuts) + 1} distinct labels for {len(cuts)} cut(s), "
+                              f"got {labels}")
+    values, unit, vnotes = _subject_values(table, design, biomarker=biomarker, timepoint=timepoint,
+                                           change="none", subjects=[s.id for s in design.subjects])
+    notes.extend(vnotes)
+    index = np.searchsorted(np.asarray(cuts), values.to_numpy(float), side="right")
+    groups = {str(sid): labels[int(i)] for sid, i in zip(values.index, index)}
+    u = f" {unit}" if unit else ""
+    c = [f"{x:g}" for x in cuts]
+    parts = [f"{labels[0]}: < {c[0]}{u}"]
+    parts += [f"{labels[i]}: {c[i - 1]} to < {c[i]}{u}" for i in range(1, len(cuts))]
+    parts.append(f"{labels[-1]}: >= {c[-1]}{u}")
+    notes.append(f"groups from {biomarker} at {timepoint}: " + "; ".join(parts))
+    return groups, {str(k): float(v) for k, v in values.items()}, labels, unit, f"{biomarker} at {timepoint}"
+
+
 def _survival(a: Any, table: pd.DataFrame, design: StudyDesign) -> dict[str, Any]:
     time_key = str(_s(a.time))
     event_key = str(_s(a.event))
-    group_key = _s(getattr(a, "group", None), "arm")
+    group_spec = getattr(a, "group", None)
     time_unit = _s(getattr(a, "time_unit", None), "")
     notes: list[str] = []
+    by_value = isinstance(group_spec, Mapping) or hasattr(group_spec, "cuts")
+    binned: dict[str, str] = {}
+    extra_group: dict[str, Any] = {}
+    if by_value:
+        binned, values, labels, unit, group_key = _biomarker_groups(group_spec, table, design, notes)
+        extra_group = {"group_biomarker": str(_get(group_spec, "biomarker")),
+                       "group_timepoint": str(_get(group_spec, "timepoint")),
+                       "group_cuts": [float(c) for c in _get(group_spec, "cuts")],
+                       "group_labels": labels, "group_unit": unit, "group_values": values}
+    else:
+        group_key = _s(group_spec, "arm")
     rows = []
     for s in design.subjects:
         cov = dict(s.covariates or {})
-        group = s.arm if group_key == "arm" else cov.get(group_key)
+        if by_value:
+            group = binned.get(s.id)
+        else:
+            group = s.arm if group_key == "arm" else cov.get(group_key)
         t = cov.get(time_key)
         e = cov.get(event_key)
         if t is None or e is None or group is None:
@@ -641,7 +699,9 @@ def _survival(a: Any, table: pd.DataFrame, design: StudyDesign) -> dict[str, Any
     data = pd.DataFrame(rows, columns=["subject", "arm", "group", "time", "event"])
     km = stats.kaplan_meier_by_group(data["time"].to_numpy(), data["event"].to_numpy(dtype=float),
                                      data["group"].to_numpy())
-    if group_key == "arm":  # spec order of arms
+    if by_value:  # label order (low to high values)
+        km = {g: km[g] for g in extra_group["group_labels"] if g in km}
+    elif group_key == "arm":  # spec order of arms
         km = {a_: km[a_] for a_ in design.arm_names if a_ in km}
     tests = []
     if data["group"].nunique() >= 2:
@@ -649,10 +709,15 @@ def _survival(a: Any, table: pd.DataFrame, design: StudyDesign) -> dict[str, Any
                                                       data["group"].to_numpy())))
     else:
         notes.append("one group only: Kaplan-Meier curve without a log-rank test")
-    group_label = "arm" if group_key == "arm" else biomarker_label(group_key, capital=False)
+    if by_value:
+        group_label = (f"{biomarker_label(extra_group['group_biomarker'], capital=False)} class at "
+                       f"{extra_group['group_timepoint']}")
+    else:
+        group_label = "arm" if group_key == "arm" else biomarker_label(group_key, capital=False)
     title = f"{biomarker_label(time_key)} by {group_label} (Kaplan-Meier, log-rank test)"
     return dict(title=title, biomarker="", unit=time_unit, tests=tests, data=data,
-                extra={"km": km, "time_unit": time_unit, "time": time_key, "event": event_key, "group": group_key},
+                extra={"km": km, "time_unit": time_unit, "time": time_key, "event": event_key, "group": group_key,
+                       **extra_group},
                 notes=notes)
 
 

@@ -37,8 +37,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -78,6 +80,7 @@ __all__ = [
     "CorrelationAnalysis",
     "MixedModelAnalysis",
     "ResponseAnalysis",
+    "SurvivalGroup",
     "SurvivalAnalysis",
     "Analysis",
 ]
@@ -147,7 +150,7 @@ _OFFSET_OUTPUTS = {"r2star": "desc-r2starfit_offset", "t2star": "desc-r2starfit_
 
 #: Statistics of a map inside an ROI, and geometric measures of an ROI.
 STATISTICS = ("mean", "median", "sd", "p10", "p90", "min", "max")
-MEASURES = ("volume", "longest_diameter", "short_axis")
+MEASURES = ("volume", "longest_diameter", "short_axis", "ablative_margin")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
@@ -534,15 +537,29 @@ class MapSpec(_Model):
 
 
 class BiomarkerSpec(_Model):
-    """``biomarkers.<name>``: a statistic of a map in an ROI, or a measure of the ROI."""
+    """``biomarkers.<name>``: a statistic of a map in an ROI, or a measure of the ROI.
+
+    ``measure: ablative_margin`` is the minimum ablative margin (mm) of tumour
+    ROI ``roi`` inside the ablation-zone ROI ``ablation_roi`` of the same
+    session (:func:`oncomri.roi.ablative_margin`; Koda et al., J Gastroenterol
+    2013;48:1283); ``ablation_roi`` is given with that measure only.
+    """
 
     roi: _Text
     map: Optional[_Text] = None
     statistic: Optional[Literal["mean", "median", "sd", "p10", "p90", "min", "max"]] = None
-    measure: Optional[Literal["volume", "longest_diameter", "short_axis"]] = None
+    measure: Optional[Literal["volume", "longest_diameter", "short_axis",
+                              "ablative_margin"]] = None
+    ablation_roi: Optional[_Text] = None
 
     @model_validator(mode="after")
     def _one_kind(self):
+        if self.ablation_roi is not None and self.measure != "ablative_margin":
+            raise _fail("ablation_roi applies to measure: ablative_margin only; remove "
+                        "ablation_roi or set measure: ablative_margin", key="ablation_roi")
+        if self.measure == "ablative_margin" and self.ablation_roi is None:
+            raise _fail("measure ablative_margin needs the ablation zone; add ablation_roi: "
+                        "<ROI name> (the ablation zone ROI of the same session)")
         if self.measure is not None and (self.map is not None or self.statistic is not None):
             raise _fail(
                 "a biomarker has either map + roi + statistic or roi + measure, never "
@@ -640,15 +657,72 @@ class ResponseAnalysis(_Model):
     arms: Optional[list[_Text]] = None
 
 
+def _cut(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(f"a cut must be a finite number (in the biomarker's unit), got "
+                    f"{_describe(value)}; write e.g. cuts: [0, 5]")
+    return float(value)
+
+
+class SurvivalGroup(_Model):
+    """``group: {biomarker, timepoint, cuts, labels}``: classes from a biomarker's value.
+
+    A subject's group is its value of ``biomarker`` at ``timepoint`` binned by
+    ``cuts`` (increasing, in the biomarker's unit): ``labels[0]`` for values
+    below ``cuts[0]``, ``labels[i]`` for ``cuts[i-1] <= value < cuts[i]``,
+    ``labels[-1]`` for values ``>= cuts[-1]``; ``len(labels) == len(cuts) + 1``.
+    """
+
+    biomarker: _Text
+    timepoint: _Text
+    cuts: list[Annotated[float, BeforeValidator(_cut)]]
+    labels: list[_Text]
+
+    @model_validator(mode="after")
+    def _bins(self):
+        if not self.cuts:
+            raise _fail("cuts is empty; give at least one cut point, e.g. cuts: [0, 5]",
+                        key="cuts")
+        if any(b <= a for a, b in zip(self.cuts, self.cuts[1:])):
+            raise _fail(f"cuts {[_num(c) for c in self.cuts]} must increase strictly; sort "
+                        "them and remove duplicates", key="cuts")
+        if len(self.labels) != len(self.cuts) + 1:
+            raise _fail(f"{len(self.cuts)} cut(s) make {len(self.cuts) + 1} groups, but "
+                        f"{len(self.labels)} label(s) are given; give one label per group "
+                        f"(len(labels) = len(cuts) + 1)", key="labels")
+        seen = set()
+        for label in self.labels:
+            if label in seen:
+                raise _fail(f"label {label!r} is given twice; give each group its own label",
+                            key="labels")
+            seen.add(label)
+        return self
+
+
+def _num(value: float):
+    return int(value) if float(value).is_integer() else value
+
+
+def _group_kind(value) -> str:
+    return "by_biomarker" if isinstance(value, (dict, list, SurvivalGroup)) else "by_name"
+
+
 class SurvivalAnalysis(_Model):
-    """Kaplan–Meier curves and log-rank test from subject covariates."""
+    """Kaplan–Meier curves and log-rank test from subject covariates.
+
+    ``group`` is ``arm``, the name of a covariate, or a :class:`SurvivalGroup`
+    (classes from a biomarker's value at a timepoint, e.g. the ablative-margin
+    class from ``measure: ablative_margin``).
+    """
 
     type: Literal["survival"]
     name: Optional[_Text] = None
     time: _Text
     time_unit: Literal["d", "w", "month", "y"] = "d"
     event: _Text
-    group: _Text = "arm"
+    group: Annotated[Union[Annotated[SurvivalGroup, Tag("by_biomarker")],
+                           Annotated[_Text, Tag("by_name")]],
+                     Discriminator(_group_kind)] = "arm"
 
 
 Analysis = Annotated[
@@ -960,6 +1034,8 @@ _EXAMPLES = {
     "MapSpec": "{model: r2star, scan: megre}",
     "BiomarkerSpec": "{roi: tumour, measure: volume}",
     "CorrelationAxis": "{biomarker: tumour_R2star, timepoint: 24h}",
+    "SurvivalGroup": "{biomarker: tumour_margin, timepoint: post, cuts: [0, 5], "
+                     "labels: [AM-, AM0, AM+]}",
 }
 
 
@@ -1222,6 +1298,11 @@ class _Checker:
         for name, b in s.biomarkers.items():
             f = ("biomarkers", name)
             self.roi(f + ("roi",), b.roi)
+            if b.ablation_roi is not None:
+                if self.roi(f + ("ablation_roi",), b.ablation_roi) and b.ablation_roi == b.roi:
+                    self.add(f + ("ablation_roi",),
+                             f"ablation_roi and roi are both {b.roi}; name the ablation-zone "
+                             "ROI in ablation_roi and the tumour ROI in roi")
             if b.map is None:
                 continue
             mapname, dot, suffix = b.map.partition(".")
@@ -1313,7 +1394,11 @@ class _Checker:
                              f"covariate {cov!r} must be {want} for every subject, but for "
                              f"{sid} {got}; set subjects.{sid}.covariates.{cov}")
                     break
-        if a.group != "arm":
+        if isinstance(a.group, SurvivalGroup):
+            g = f + ("group",)
+            self.biomarker(g + ("biomarker",), a.group.biomarker)
+            self.timepoint(g + ("timepoint",), a.group.timepoint)
+        elif a.group != "arm":
             if not any(a.group in subj.covariates for subj in s.subjects.values()):
                 covs = sorted({c for subj in s.subjects.values() for c in subj.covariates})
                 self.add(f + ("group",), f"group {a.group!r} is neither 'arm' nor a covariate "
@@ -1333,6 +1418,8 @@ def _analysis_name(a) -> str:
         return f"mixed_model_{a.biomarker}"
     if isinstance(a, ResponseAnalysis):
         return f"response_{a.criteria}_{a.biomarker}"
+    if isinstance(a.group, SurvivalGroup):
+        return f"survival_{a.time}_{a.event}_by_{a.group.biomarker}_{a.group.timepoint}"
     return f"survival_{a.time}_{a.event}_by_{a.group}"
 
 

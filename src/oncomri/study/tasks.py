@@ -13,7 +13,14 @@ killed at any moment leaves either no file or a complete one.
 Stages (timed for the benchmark): ``load`` (read scans), ``roi`` (mask files,
 seeded segmentation, propagation from another session by registration),
 ``map`` (fit and write parameter maps), ``measure`` (ROI statistics and
-geometry).
+geometry, ablative margins).
+
+``measure: ablative_margin`` puts the tumour ROI onto the grid of the
+ablation-zone ROI (``ablation_roi``; voxels at least half inside) and reports
+the minimum ablative margin in mm of :func:`oncomri.roi.ablative_margin`
+(Koda et al., J Gastroenterol 2013;48:1283; Fukuda et al., Jpn J Radiol 2019,
+doi 10.1007/s11604-019-00843-1), its AM(+)/AM(0)/AM(−) class and coverage in
+the measurement's provenance.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ STATISTICS = {"mean": "mean", "median": "median", "sd": "sd", "p10": "p10", "p90
               "min": "minimum", "max": "maximum"}
 
 #: Biomarker ``measure`` -> unit of the ROI geometry it reports.
-MEASURES = {"volume": "mm^3", "longest_diameter": "mm", "short_axis": "mm"}
+MEASURES = {"volume": "mm^3", "longest_diameter": "mm", "short_axis": "mm",
+            "ablative_margin": "mm"}
 
 
 def session_prefix(subject: str, timepoint: str) -> str:
@@ -307,6 +315,45 @@ def _mask_on_grid(mask, mask_affine, volume) -> np.ndarray:
     return fraction >= 0.5
 
 
+def _ablative_margin(bname: str, b: Mapping, tumour, tumour_affine, ablation, ablation_affine,
+                     grid) -> tuple[float, str, dict]:
+    """``(minimum margin in mm, method, provenance)`` of biomarker ``bname``.
+
+    The tumour mask goes onto the grid of the ablation-zone mask (``grid``:
+    the volume of the ablation ROI's ``on`` scan) with :func:`_mask_on_grid`;
+    the margin is :func:`oncomri.roi.ablative_margin` with the ablation zone
+    as ``ablation_mask`` and the default AM(+) criterion
+    (:data:`oncomri.roi.margins.AM_CRITERION_MM`; Koda et al., J Gastroenterol
+    2013;48:1283; Fukuda et al., Jpn J Radiol 2019). The provenance holds the
+    class (``margin_class``), the coverage and the volumes of
+    :meth:`~oncomri.roi.margins.AblativeMargin.as_dict`.
+    """
+    from ..roi.margins import AM_CRITERION_MM, ablative_margin
+
+    zone = _mask_on_grid(ablation, ablation_affine, grid)
+    on_grid = _mask_on_grid(tumour, tumour_affine, grid)
+    resampled = not np.array_equal(np.shape(tumour), on_grid.shape) or not np.allclose(
+        np.asarray(tumour_affine, float), np.asarray(grid.affine, float))
+    if not on_grid.any():
+        raise ValidationError(
+            f"biomarkers.{bname}: tumour ROI {b['roi']!r} covers no voxel of the grid of "
+            f"ablation ROI {b['ablation_roi']!r} (grids do not overlap); check the ROIs' `on` "
+            "scans")
+    if not zone.any():
+        raise ValidationError(
+            f"biomarkers.{bname}: ablation ROI {b['ablation_roi']!r} is empty; draw the "
+            "ablation zone or list the session as missing")
+    result = ablative_margin(on_grid, voxel_size_mm=tuple(float(v) for v in grid.voxel_size),
+                             ablation_mask=zone, affine=grid.affine)
+    method = (f"minimum ablative margin of the tumour inside the ablation zone (surface "
+              f"distance; AM(+) if >= {AM_CRITERION_MM:g} mm and no protrusion; Koda et al. "
+              f"2013, Fukuda et al. 2019)")
+    provenance = {**result.as_dict(), "ablation_roi": b["ablation_roi"],
+                  "tumour_resampled": bool(resampled),
+                  "voxel_size_mm": [float(v) for v in grid.voxel_size]}
+    return float(result.min_margin_mm), method, provenance
+
+
 def _process(task: SessionTask, timer: _Timer):
     from ..io import write_derivatives
     from ..roi import longest_axial_diameter, roi_statistics, tumour_volume
@@ -324,6 +371,7 @@ def _process(task: SessionTask, timer: _Timer):
     # ---- ROIs used by maps or biomarkers
     timer("roi")
     roi_names = {b["roi"] for b in task.biomarkers.values() if b.get("roi")}
+    roi_names |= {b["ablation_roi"] for b in task.biomarkers.values() if b.get("ablation_roi")}
     roi_names |= {m["fit_within"] for m in task.maps.values() if m.get("fit_within")}
     roi_names |= {v for m in task.maps.values() for k, v in (m.get("options") or {}).items()
                   if k in ROI_OPTIONS and isinstance(v, str)}
@@ -402,6 +450,15 @@ def _process(task: SessionTask, timer: _Timer):
                     provenance={"n_voxels": stats["n_voxels"], "n_nan": stats["n_nan"],
                                 "roi_volume_mm3": stats["volume_mm3"],
                                 "roi_resampled": not np.array_equal(mask.shape, roi.shape)}))
+            elif b["measure"] == "ablative_margin":
+                ablation, ablation_affine = s.roi(b["ablation_roi"])
+                grid = s.volume(task.session.rois[b["ablation_roi"]].on)
+                value, method, provenance = _ablative_margin(
+                    bname, b, mask, mask_affine, ablation, ablation_affine, grid)
+                measurements.append(MeasurementRecord(
+                    biomarker=bname, value=value, unit=MEASURES["ablative_margin"],
+                    roi=b["roi"], map="", statistic="ablative_margin", method=method,
+                    provenance=provenance))
             else:
                 measure = b["measure"]
                 if measure == "volume":
