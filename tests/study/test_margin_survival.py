@@ -87,10 +87,10 @@ rois:
     mask: "sub-{subject}/ses-pre/anat/sub-{subject}_ses-pre_label-tumour_mask.nii.gz"
   ablation:
     on: t2w
-    mask: "sub-{subject}/ses-post/anat/sub-{subject}_ses-post_label-ablation_mask.nii.gz"
+    mask: "sub-{subject}/ses-{timepoint}/anat/sub-{subject}_ses-{timepoint}_label-ablation_mask.nii.gz"
 biomarkers:
   tumour_volume: {roi: tumour, measure: volume}
-  tumour_margin: {roi: tumour, measure: ablative_margin, ablation_roi: ablation}
+  tumour_margin: {roi: tumour, measure: ablative_margin, ablation_roi: ablation, timepoints: [post]}
 analyses:
   - type: survival
     name: recurrence_by_margin
@@ -159,6 +159,8 @@ def _margins(db: Path) -> pd.DataFrame:
 def test_margin_values_and_classes(ran):
     _, db, summary = ran
     assert summary.n_failed == 0, summary.failures
+    # `timepoints: [post]`: measured after the ablation only, so `pre` needs no ablation mask
+    assert set(_margins(db).timepoint) == {"post"}
     post = _margins(db).query("timepoint == 'post'").set_index("subject")
     assert sorted(post.index) == sorted(SUBJECTS)
     for sid in SUBJECTS:

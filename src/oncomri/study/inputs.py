@@ -285,6 +285,7 @@ def resolve_sessions(spec: StudySpec, *, check_geometry: bool = True) -> list[Re
     """
     design = spec.design()
     existing = set(design.sessions)
+    needed = _rois_needed(spec, design)
     grids = _Grids()
     out: list[ResolvedSession] = []
     for subject, timepoint in design.sessions:
@@ -318,6 +319,8 @@ def resolve_sessions(spec: StudySpec, *, check_geometry: bool = True) -> list[Re
 
         rois: dict[str, ResolvedRoi] = {}
         for name in spec.rois:
+            if name not in needed[(subject, timepoint)]:
+                continue
             definition, on, fld = _roi_definition(spec, subject, timepoint, name)
             kind = _kind(definition)
             mask_path = None
@@ -353,6 +356,35 @@ def resolve_sessions(spec: StudySpec, *, check_geometry: bool = True) -> list[Re
         out.append(ResolvedSession(subject, subj.arm, timepoint, design.time_of(timepoint),
                                    scans, rois))
     return out
+
+
+def _rois_needed(spec, design) -> dict:
+    """(subject, timepoint) -> names of the ROIs that session must resolve.
+
+    Every ROI is resolved in every session except one whose only users are
+    biomarkers limited to other timepoints (``biomarkers.<name>.timepoints``),
+    e.g. an ablation zone that exists only after the ablation. ROIs another
+    session of the same subject propagates from are added transitively.
+    """
+    all_rois = set(spec.rois)
+    referenced = set().union(*(spec.rois_used_at(tp) for tp in spec.timepoints)) | {
+        r for b in spec.biomarkers.values() for r in (b.roi, b.ablation_roi) if r}
+    unreferenced = all_rois - referenced
+    needed = {(subj, tp): (set(spec.rois_used_at(tp)) & all_rois) | unreferenced
+              for subj, tp in design.sessions}
+    changed = True
+    while changed:
+        changed = False
+        for (subject, timepoint), names in list(needed.items()):
+            for name in list(names):
+                definition, _, _ = _roi_definition(spec, subject, timepoint, name)
+                if _kind(definition) != "propagate":
+                    continue
+                source = (subject, definition.propagate.from_)
+                if source in needed and name not in needed[source]:
+                    needed[source].add(name)
+                    changed = True
+    return needed
 
 
 def _check_grid(spec, grids: _Grids, fld, name, mask_path: Path, on: str, scan: ResolvedScan):

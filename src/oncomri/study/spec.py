@@ -543,6 +543,8 @@ class BiomarkerSpec(_Model):
     ROI ``roi`` inside the ablation-zone ROI ``ablation_roi`` of the same
     session (:func:`oncomri.roi.ablative_margin`; Koda et al., J Gastroenterol
     2013;48:1283); ``ablation_roi`` is given with that measure only.
+    ``timepoints`` limits the biomarker to some sessions (e.g. a margin only
+    after the ablation); its ROIs are then needed only there.
     """
 
     roi: _Text
@@ -551,6 +553,7 @@ class BiomarkerSpec(_Model):
     measure: Optional[Literal["volume", "longest_diameter", "short_axis",
                               "ablative_margin"]] = None
     ablation_roi: Optional[_Text] = None
+    timepoints: Optional[tuple[_Text, ...]] = None
 
     @model_validator(mode="after")
     def _one_kind(self):
@@ -866,6 +869,24 @@ class StudySpec(_Model):
         return copy.deepcopy(node)
 
     # ------------------------------------------------------------------ design
+
+    def rois_used_at(self, timepoint: str) -> set:
+        """Names of the ROIs a session at ``timepoint`` needs for itself: those of its
+        maps (``fit_within``, ROI-valued options) and of the biomarkers measured at
+        that timepoint. ROIs that other sessions propagate from are added by
+        :func:`oncomri.study.inputs.resolve_sessions`."""
+        used = set()
+        for m in self.maps.values():
+            if m.fit_within:
+                used.add(m.fit_within)
+            used |= {v for k, v in (m.options or {}).items()
+                     if k in ROI_OPTIONS and isinstance(v, str)}
+        for b in self.biomarkers.values():
+            if b.timepoints is None or timepoint in b.timepoints:
+                used.add(b.roi)
+                if b.ablation_roi:
+                    used.add(b.ablation_roi)
+        return used
 
     def design(self) -> StudyDesign:
         """The :class:`~oncomri.study.design.StudyDesign` of this spec.
@@ -1298,6 +1319,8 @@ class _Checker:
         for name, b in s.biomarkers.items():
             f = ("biomarkers", name)
             self.roi(f + ("roi",), b.roi)
+            for i, tp in enumerate(b.timepoints or ()):
+                self.timepoint(f + ("timepoints", i), tp)
             if b.ablation_roi is not None:
                 if self.roi(f + ("ablation_roi",), b.ablation_roi) and b.ablation_roi == b.roi:
                     self.add(f + ("ablation_roi",),

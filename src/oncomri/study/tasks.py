@@ -370,8 +370,10 @@ def _process(task: SessionTask, timer: _Timer):
         s.volume(role)
     # ---- ROIs used by maps or biomarkers
     timer("roi")
-    roi_names = {b["roi"] for b in task.biomarkers.values() if b.get("roi")}
-    roi_names |= {b["ablation_roi"] for b in task.biomarkers.values() if b.get("ablation_roi")}
+    biomarkers = {name: b for name, b in task.biomarkers.items()
+                  if not b.get("timepoints") or task.timepoint in b["timepoints"]}
+    roi_names = {b["roi"] for b in biomarkers.values() if b.get("roi")}
+    roi_names |= {b["ablation_roi"] for b in biomarkers.values() if b.get("ablation_roi")}
     roi_names |= {m["fit_within"] for m in task.maps.values() if m.get("fit_within")}
     roi_names |= {v for m in task.maps.values() for k, v in (m.get("options") or {}).items()
                   if k in ROI_OPTIONS and isinstance(v, str)}
@@ -419,7 +421,7 @@ def _process(task: SessionTask, timer: _Timer):
     measurements: list = []
     on_map_grid: dict = {}
     with timer("measure"):
-        for bname, b in task.biomarkers.items():
+        for bname, b in biomarkers.items():
             mask, mask_affine = s.roi(b["roi"])
             on_volume = s.volume(task.session.rois[b["roi"]].on)
             if b.get("map"):
