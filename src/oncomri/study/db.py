@@ -628,6 +628,11 @@ class StudyDatabase:
         target = self._migrations[-1].version
 
         def check(conn):
+            # Tables first, version second: under READ COMMITTED each statement sees the
+            # latest commits, and another process's schema creation commits the tables
+            # and their schema_info row together, so tables seen here imply the row is
+            # visible to the next statement (the other order raced with that commit).
+            existing = set(sa.inspect(conn).get_table_names())
             current = self._version_in(conn)
             if current > target:
                 from .. import __version__
@@ -637,7 +642,7 @@ class StudyDatabase:
                     "(pip install -U oncomri) or use another database")
             if current == 0:
                 ours = {t.name for t in _metadata.sorted_tables}
-                found = ours & set(sa.inspect(conn).get_table_names())
+                found = ours & existing
                 if found:
                     raise DatabaseError(
                         f"database {self.url} has tables {sorted(found)} but no schema_info; "
