@@ -87,7 +87,7 @@ from ..fitting import (
 )
 from ..fitting.special import rician_mean, rician_mean_and_grad
 from .base import Fit, Model, result_dtype
-from .noise import estimate_noise_sigma
+from .noise import resolve_noise_sigma
 from .relaxometry import _kernel_exp, _kernel_exp_rician
 
 __all__ = [
@@ -646,22 +646,8 @@ class _DiffusionModel(Model):
         raise NotImplementedError
 
     def _resolve_sigma(self, data, noise_sigma, noise_background):
-        if isinstance(noise_sigma, str):
-            if noise_sigma != "auto":
-                raise ValidationError(
-                    f"noise_sigma must be a number, a map or 'auto', got {noise_sigma!r}")
-            if noise_background is not None:
-                return estimate_noise_sigma(data, background=noise_background)
-            lowest = int(np.argmin(self.protocol.b_values))
-            return estimate_noise_sigma(data[..., lowest:lowest + 1])
-        sigma = np.asarray(noise_sigma, dtype=np.float64)
-        if sigma.ndim and sigma.shape != data.shape[:-1]:
-            raise ValidationError(
-                f"noise_sigma map has shape {sigma.shape}; it must match the spatial shape "
-                f"{data.shape[:-1]}")
-        if not np.all(np.isfinite(sigma)) or np.any(sigma < 0):
-            raise ValidationError("noise_sigma must be finite and non-negative")
-        return float(sigma) if sigma.ndim == 0 else sigma
+        return resolve_noise_sigma(data, noise_sigma, background=noise_background,
+                                   measurement=int(np.argmin(self.protocol.b_values)))
 
 
 class _DiffusionFit(Fit):

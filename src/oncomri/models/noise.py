@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 
-from ..core.errors import GeometryError, NoiseEstimateError
+from ..core.errors import GeometryError, NoiseEstimateError, ValidationError
 from ..fitting.special import rician_mean
 
-__all__ = ["rician_mean", "estimate_noise_sigma"]
+__all__ = ["rician_mean", "estimate_noise_sigma", "resolve_noise_sigma"]
 
 #: Fewest background samples we trust for a sigma estimate.
 MIN_BACKGROUND_SAMPLES = 200
@@ -141,3 +141,30 @@ def estimate_noise_sigma(data, *, background=None, cutoff: float = 2.5,
             f"{100 * expected:.0f} % expected); give the noise sigma or a background mask"
         )
     return sigma
+
+
+def resolve_noise_sigma(data, noise_sigma, *, background=None, measurement: int = 0):
+    """The noise sigma a noise-aware fit uses: given, or estimated.
+
+    ``noise_sigma`` is a number, a map of ``data.shape[:-1]`` (signal units),
+    or ``"auto"``: estimated by :func:`estimate_noise_sigma` from the
+    ``background`` air mask if given, else from the background of measurement
+    ``measurement`` (the first echo, the lowest b-value ...), where the signal
+    is strongest and air is easiest to tell from tissue.
+    """
+    data = np.asanyarray(data)
+    if isinstance(noise_sigma, str):
+        if noise_sigma != "auto":
+            raise ValidationError(
+                f"noise_sigma must be a number, a map or 'auto', got {noise_sigma!r}")
+        if background is not None:
+            return estimate_noise_sigma(data, background=background)
+        return estimate_noise_sigma(data[..., measurement:measurement + 1])
+    sigma = np.asarray(noise_sigma, dtype=np.float64)
+    if sigma.ndim and sigma.shape != data.shape[:-1]:
+        raise ValidationError(
+            f"noise_sigma map has shape {sigma.shape}; it must match the spatial shape "
+            f"{data.shape[:-1]}")
+    if not np.all(np.isfinite(sigma)) or np.any(sigma < 0):
+        raise ValidationError("noise_sigma must be finite and non-negative")
+    return float(sigma) if sigma.ndim == 0 else sigma

@@ -53,7 +53,7 @@ from ..fitting import (
 )
 from ..fitting.special import rician_mean, rician_mean_and_grad
 from .base import Fit, Model, result_dtype
-from .noise import estimate_noise_sigma
+from .noise import resolve_noise_sigma
 
 __all__ = [
     "mono_exponential",
@@ -406,21 +406,7 @@ class _DecayModel(Model):
         return self._fit_class(self, maps, noise_sigma=sigma_value)
 
     def _resolve_sigma(self, data, noise_sigma, noise_background):
-        if isinstance(noise_sigma, str):
-            if noise_sigma != "auto":
-                raise ValidationError(
-                    f"noise_sigma must be a number, a map or 'auto', got {noise_sigma!r}"
-                )
-            return estimate_noise_sigma(data, background=noise_background)
-        sigma = np.asarray(noise_sigma, dtype=np.float64)
-        if sigma.ndim and sigma.shape != data.shape[:-1]:
-            raise ValidationError(
-                f"noise_sigma map has shape {sigma.shape}; it must match the "
-                f"spatial shape {data.shape[:-1]}"
-            )
-        if not np.all(np.isfinite(sigma)) or np.any(sigma < 0):
-            raise ValidationError("noise_sigma must be finite and non-negative")
-        return float(sigma) if sigma.ndim == 0 else sigma
+        return resolve_noise_sigma(data, noise_sigma, background=noise_background)
 
 
 class _DecayFit(Fit):
