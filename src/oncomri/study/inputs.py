@@ -247,14 +247,6 @@ def _roi_definition(spec: StudySpec, subject: str, timepoint: str, name: str):
                                               "rois", name)
 
 
-def _kind(definition) -> str:
-    if definition.mask is not None:
-        return "mask"
-    if definition.seed is not None:
-        return "seed"
-    return "propagate"
-
-
 def resolve_sessions(spec: StudySpec, *, check_geometry: bool = True) -> list[ResolvedSession]:
     """Resolve the scans and ROIs of every session of ``spec``, checking they exist.
 
@@ -322,7 +314,7 @@ def resolve_sessions(spec: StudySpec, *, check_geometry: bool = True) -> list[Re
             if name not in needed[(subject, timepoint)]:
                 continue
             definition, on, fld = _roi_definition(spec, subject, timepoint, name)
-            kind = _kind(definition)
+            kind = definition.kind
             mask_path = None
             if kind == "mask":
                 mfld = fld + ("mask",)
@@ -378,7 +370,7 @@ def _rois_needed(spec, design) -> dict:
         for (subject, timepoint), names in list(needed.items()):
             for name in list(names):
                 definition, _, _ = _roi_definition(spec, subject, timepoint, name)
-                if _kind(definition) != "propagate":
+                if definition.kind != "propagate":
                     continue
                 source = (subject, definition.propagate.from_)
                 if source in needed and name not in needed[source]:
@@ -417,7 +409,7 @@ def _check_propagation(spec, existing, subject, timepoint, name, source, fld):
                  f"subjects.{subject}.missing); give this session its own ROI under "
                  f"subjects.{subject}.sessions.{timepoint}.rois.{name} (mask or seed)")
     src_def, _, _ = _roi_definition(spec, subject, source, name)
-    if _kind(src_def) == "propagate":
+    if src_def.kind == "propagate":
         raise spec.error(
             fld, f"ROI {name} of subject {subject} at {timepoint} is propagated from {source}, "
                  f"where ROI {name} is itself propagated; give the {source} session its own "

@@ -429,7 +429,7 @@ def _analyse_and_report(spec, design, db, summary, t0):
     methods = MethodsInfo(
         maps=[{"name": n, "model": m.model, "method": m.method or "default", "scan": m.scan,
                "noise_sigma": m.noise_sigma} for n, m in spec.maps.items()],
-        rois=[{"name": n, "kind": _roi_kind(r), "on": r.on}
+        rois=[{"name": n, "kind": r.kind, "on": r.on}
               for n, r in spec.rois.items()],
         biomarkers=[{"name": n, **{k: v for k, v in _plain(b).items() if v is not None}}
                     for n, b in spec.biomarkers.items()],
@@ -442,7 +442,3 @@ def _analyse_and_report(spec, design, db, summary, t0):
     return write_report(out / "report", design=design, table=table, analyses=results,
                         images=images, methods=methods, failures=failures,
                         spec_text=Path(spec.path).read_text(), title=spec.name)
-
-
-def _roi_kind(roi) -> str:
-    return "mask" if roi.mask else "seed" if roi.seed is not None else "propagate"

@@ -467,6 +467,11 @@ class RoiSpec(_Model):
     method: Optional[Literal["region_growing", "threshold"]] = None
     propagate: Optional[PropagateSpec] = None
 
+    @property
+    def kind(self) -> str:
+        """Where the ROI comes from: ``'mask'``, ``'seed'`` or ``'propagate'``."""
+        return "mask" if self.mask is not None else "seed" if self.seed is not None else "propagate"
+
     @model_validator(mode="after")
     def _one_source(self):
         return _check_source(self, where="an ROI")
@@ -481,6 +486,11 @@ class RoiOverride(_Model):
     seed: Annotated[Optional[tuple[float, float, float]], BeforeValidator(_seed)] = None
     method: Optional[Literal["region_growing", "threshold"]] = None
     propagate: Optional[PropagateSpec] = None
+
+    @property
+    def kind(self) -> str:
+        """Where the ROI comes from: ``'mask'``, ``'seed'`` or ``'propagate'``."""
+        return "mask" if self.mask is not None else "seed" if self.seed is not None else "propagate"
 
     @model_validator(mode="after")
     def _one_source(self):

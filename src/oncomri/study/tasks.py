@@ -355,7 +355,7 @@ def _ablative_margin(bname: str, b: Mapping, tumour, tumour_affine, ablation, ab
 
 
 def _process(task: SessionTask, timer: _Timer):
-    from ..io import write_derivatives
+    from ..io import find_reader, write_derivatives
     from ..roi import longest_axial_diameter, roi_statistics, tumour_volume
     from .db import MapRecord, MeasurementRecord, RoiRecord, ScanRecord, SessionRecord
     from .mapping import fit_map
@@ -479,11 +479,10 @@ def _process(task: SessionTask, timer: _Timer):
 
     scans = []
     for role, scan in task.session.scans.items():
-        volume = s.volume(role)
         scans.append(ScanRecord(
             role=role, path=";".join(str(p) for p in scan.paths),
             content_hash=task.input_hashes.get((task.timepoint, role), ""),
-            format=str(volume.meta.get("format", _format_of(scan.paths)))))
+            format=find_reader(scan.paths[0]).name))
     rois = []
     derived_paths = {name: (source, path) for name, source, path in derived}
     for name in sorted(roi_names):
@@ -502,13 +501,6 @@ def _process(task: SessionTask, timer: _Timer):
     return SessionRecord(subject=task.subject, timepoint=task.timepoint, task_key=task.task_key,
                          scans=scans, maps=map_records, rois=rois, measurements=measurements,
                          timings=dict(timer.timings))
-
-
-def _format_of(paths) -> str:
-    p = str(paths[0])
-    if p.endswith((".nii", ".nii.gz")):
-        return "nifti"
-    return "dicom" if Path(p).is_dir() else Path(p).suffix.lstrip(".").lower() or "unknown"
 
 
 def run_session(task: SessionTask) -> SessionOutcome:
